@@ -1,0 +1,14 @@
+//! rebuff: a fast, observable, reaction-compatible log-watching ban daemon.
+//!
+//! # Layout
+//!
+//! - [`config`]: reads YAML, JSON and JSONnet (a file or a directory) into a
+//!   positioned tree, validates it and compiles it into engine types.
+//! - [`lines`]: bounded line reading from plain or gzip'ed input.
+//! - [`replay`]: the offline decision pipeline over old logs, in log time.
+//! - [`progress`]: the progress bar `replay` draws on a terminal.
+
+pub mod config;
+pub mod lines;
+pub mod progress;
+pub mod replay;

@@ -1,0 +1,3 @@
+//! The offline decision pipeline over old logs, in log time.
+
+pub mod timestamp;
