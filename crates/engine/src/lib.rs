@@ -1,14 +1,42 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! rebuff-engine: the synchronous heart of rebuff.
+//!
+//! It turns log lines into decisions: which filter matched, with which
+//! pattern values, whether that match triggers the filter, and which actions
+//! are due when. It does no I/O, reads no clock (time is an argument, in
+//! milliseconds since the Unix epoch) and logs nothing, so the daemon and the
+//! offline `replay` share the exact same decisions, and every part can be
+//! tested and fuzzed in isolation.
+//!
+//! # Layout
+//!
+//! - [`duration`]: reaction's duration grammar (`10 secs`, `30m`, `1day`).
+//! - [`pattern`]: `<name>` patterns: regexes, ip/ipv4/ipv6 types, ignore
+//!   lists, CIDR ignores, masks, value normalisation.
+//! - [`matcher`]: [`StreamMatcher`], every filter of a stream in one pass.
+//! - [`window`]: retry windows (`retry` matches within `retryperiod`).
+//! - [`decide`]: [`FilterDecider`], retry window plus duplicate policy,
+//!   turning matches into triggers and action schedules.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod decide;
+pub mod duration;
+pub mod matcher;
+pub mod pattern;
+pub mod window;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use decide::{
+    ActionSpec, Decision, DuplicatePolicy, FilterDecider, FilterPlan, IpOnly, ScheduledAction,
+    Trigger, TriggerKind,
+};
+pub use duration::{DurationError, format_duration, parse_duration};
+pub use matcher::{
+    FilterSpec, Ignored, LineMatch, MatchScratch, MatcherError, StreamMatcher, line_text,
+};
+pub use pattern::{IgnoreReason, Pattern, PatternError, PatternKind, PatternSpec, Patterns};
+pub use window::RetryWindow;
+
+/// Milliseconds since the Unix epoch: the engine's only notion of time.
+pub type Time = u64;
+
+/// The values of a match, one per pattern of the filter, in the filter's
+/// pattern order (sorted by pattern name, as reaction and its tooling expect).
+pub type Values = Box<[String]>;

@@ -1,0 +1,393 @@
+//! [`FilterDecider`]: from a filter's matches to triggers and action schedules.
+//!
+//! It owns a filter's retry window and its jail: the values that triggered
+//! and still have delayed actions pending. A match for a jailed value is a
+//! duplicate and never counts toward `retry`; the `duplicate` policy decides
+//! what it does (extend the pending actions, rerun every action, or nothing).
+//! Each trigger comes with the actions it schedules and when they are due,
+//! already filtered by `ipv4only`/`ipv6only`. The caller runs or prints them;
+//! nothing here executes anything.
+
+use std::collections::HashMap;
+
+use crate::pattern::value_is_ipv6;
+use crate::window::RetryWindow;
+use crate::{Time, Values};
+
+/// What a match of an already triggered value does (`duplicate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DuplicatePolicy {
+    /// Push the pending actions back as if the trigger happened now.
+    #[default]
+    Extend,
+    /// Run every action again, keeping the earlier pending ones too.
+    Rerun,
+    /// Do nothing until the pending actions have run.
+    Ignore,
+}
+
+impl DuplicatePolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            DuplicatePolicy::Extend => "extend",
+            DuplicatePolicy::Rerun => "rerun",
+            DuplicatePolicy::Ignore => "ignore",
+        }
+    }
+}
+
+/// `ipv4only` / `ipv6only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpOnly {
+    V4,
+    V6,
+}
+
+/// An action of a filter, as far as scheduling is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionSpec {
+    pub name: String,
+    /// Delay after the trigger, in milliseconds.
+    pub after: Option<Time>,
+    pub onexit: bool,
+    pub oneshot: bool,
+    pub ip_only: Option<IpOnly>,
+}
+
+/// Everything that decides when a filter triggers and what it schedules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterPlan {
+    /// Matches needed to trigger; 1 means every match triggers.
+    pub retry: u32,
+    /// Milliseconds a match counts for.
+    pub retry_period: Time,
+    pub duplicate: DuplicatePolicy,
+    pub actions: Vec<ActionSpec>,
+    /// Which value holds the IP that `ipv4only`/`ipv6only` look at.
+    pub ip_slot: Option<usize>,
+}
+
+impl FilterPlan {
+    /// The longest `after` among the actions: how long a trigger stays jailed.
+    pub fn longest_delay(&self) -> Option<Time> {
+        self.actions.iter().filter_map(|a| a.after).max()
+    }
+}
+
+/// An action due at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledAction {
+    /// Index into [`FilterPlan::actions`].
+    pub action: usize,
+    pub at: Time,
+}
+
+/// How a trigger relates to earlier ones of the same value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// A fresh trigger: every action is scheduled.
+    New,
+    /// A duplicate under `extend`: only delayed actions, rescheduled from
+    /// now; they replace the pending ones.
+    Extend,
+    /// A duplicate under `rerun`: every action again, beside the pending ones.
+    Rerun,
+}
+
+/// A filter triggered for some values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub values: Values,
+    pub time: Time,
+    pub kind: TriggerKind,
+    pub actions: Vec<ScheduledAction>,
+}
+
+/// What one match did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Counted toward `retry`; `count` matches are now in the window.
+    Counted { count: usize },
+    Trigger(Trigger),
+    /// A duplicate under `ignore`.
+    DuplicateIgnored,
+}
+
+/// The decision state of one filter.
+#[derive(Debug, Clone)]
+pub struct FilterDecider {
+    plan: FilterPlan,
+    window: RetryWindow,
+    /// Jailed values and when their last delayed action is due.
+    jail: HashMap<Values, Time>,
+    jail_inserts_since_sweep: usize,
+    /// Inserts allowed before the next sweep (see [`RetryWindow`]).
+    jail_sweep_every: usize,
+}
+
+impl FilterDecider {
+    pub fn new(plan: FilterPlan) -> Self {
+        FilterDecider {
+            window: RetryWindow::new(plan.retry, plan.retry_period),
+            plan,
+            jail: HashMap::new(),
+            jail_inserts_since_sweep: 0,
+            jail_sweep_every: 1024,
+        }
+    }
+
+    pub fn plan(&self) -> &FilterPlan {
+        &self.plan
+    }
+
+    pub fn window(&self) -> &RetryWindow {
+        &self.window
+    }
+
+    /// Handles one accepted match of `values` at `now`.
+    pub fn on_match(&mut self, values: Values, now: Time) -> Decision {
+        if self.is_jailed(&values, now) {
+            return self.duplicate(values, now);
+        }
+        if self.window.record(&values, now) {
+            Decision::Trigger(self.trigger(values, now, TriggerKind::New))
+        } else {
+            Decision::Counted {
+                count: self.window.count(&values, now),
+            }
+        }
+    }
+
+    /// Acts as if the filter triggered for `values` at `now`, bypassing the
+    /// retry count (the `trigger` command). A jailed value is still a
+    /// duplicate, so the policy applies as for a real trigger.
+    pub fn force_trigger(&mut self, values: Values, now: Time) -> Decision {
+        if self.is_jailed(&values, now) {
+            return self.duplicate(values, now);
+        }
+        self.window.forget(&values);
+        Decision::Trigger(self.trigger(values, now, TriggerKind::New))
+    }
+
+    /// Whether `values` triggered and still has delayed actions pending.
+    pub fn is_jailed(&self, values: &Values, now: Time) -> bool {
+        self.jail.get(values).is_some_and(|&until| now < until)
+    }
+
+    /// Forgets everything about `values` (flush): its counted matches and
+    /// its jail entry. Returns whether anything was known.
+    pub fn forget(&mut self, values: &Values) -> bool {
+        let matched = self.window.forget(values);
+        self.jail.remove(values).is_some() || matched
+    }
+
+    /// Restores a persisted trigger: `values` jailed as if triggered at `time`.
+    pub fn restore_trigger(&mut self, values: Values, time: Time) {
+        if let Some(delay) = self.plan.longest_delay() {
+            let until = time.saturating_add(delay);
+            let entry = self.jail.entry(values).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+    }
+
+    /// Restores a persisted match inside the retry window.
+    pub fn restore_match(&mut self, values: Values, time: Time) {
+        self.window.restore(values, time);
+    }
+
+    /// Drops expired window entries and jail entries.
+    pub fn sweep(&mut self, now: Time) {
+        self.window.sweep(now);
+        self.jail.retain(|_, until| now < *until);
+        self.jail_inserts_since_sweep = 0;
+        self.jail_sweep_every = self.jail.len().max(1024);
+    }
+
+    /// Jailed values and when their last delayed action is due.
+    pub fn jailed(&self) -> impl Iterator<Item = (&Values, Time)> {
+        self.jail.iter().map(|(v, &until)| (v, until))
+    }
+
+    fn duplicate(&mut self, values: Values, now: Time) -> Decision {
+        match self.plan.duplicate {
+            DuplicatePolicy::Ignore => Decision::DuplicateIgnored,
+            DuplicatePolicy::Extend => {
+                Decision::Trigger(self.trigger(values, now, TriggerKind::Extend))
+            }
+            DuplicatePolicy::Rerun => {
+                Decision::Trigger(self.trigger(values, now, TriggerKind::Rerun))
+            }
+        }
+    }
+
+    fn trigger(&mut self, values: Values, now: Time, kind: TriggerKind) -> Trigger {
+        let is_v6 = self
+            .plan
+            .ip_slot
+            .and_then(|slot| values.get(slot))
+            .map(|v| value_is_ipv6(v));
+        let actions = self
+            .plan
+            .actions
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| kind != TriggerKind::Extend || a.after.is_some())
+            .filter(|(_, a)| {
+                !matches!(
+                    (a.ip_only, is_v6),
+                    (Some(IpOnly::V4), Some(true)) | (Some(IpOnly::V6), Some(false))
+                )
+            })
+            .map(|(action, a)| ScheduledAction {
+                action,
+                at: now.saturating_add(a.after.unwrap_or(0)),
+            })
+            .collect();
+        if let Some(delay) = self.plan.longest_delay() {
+            self.jail_inserts_since_sweep += 1;
+            if self.jail_inserts_since_sweep > self.jail_sweep_every {
+                self.sweep(now);
+            }
+            self.jail.insert(values.clone(), now.saturating_add(delay));
+        }
+        Trigger {
+            values,
+            time: now,
+            kind,
+            actions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(name: &str, after: Option<Time>) -> ActionSpec {
+        ActionSpec {
+            name: name.into(),
+            after,
+            onexit: false,
+            oneshot: false,
+            ip_only: None,
+        }
+    }
+
+    fn plan(duplicate: DuplicatePolicy) -> FilterPlan {
+        FilterPlan {
+            retry: 2,
+            retry_period: 60_000,
+            duplicate,
+            actions: vec![action("ban", None), action("unban", Some(3_600_000))],
+            ip_slot: Some(0),
+        }
+    }
+
+    fn v(s: &str) -> Values {
+        vec![s.to_string()].into_boxed_slice()
+    }
+
+    fn trigger(d: Decision) -> Trigger {
+        match d {
+            Decision::Trigger(t) => t,
+            other => panic!("expected a trigger, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_trigger_schedules_every_action_at_its_delay() {
+        let mut d = FilterDecider::new(plan(DuplicatePolicy::Extend));
+        assert_eq!(d.on_match(v("192.0.2.1"), 0), Decision::Counted { count: 1 });
+        let t = trigger(d.on_match(v("192.0.2.1"), 1_000));
+        assert_eq!(t.kind, TriggerKind::New);
+        assert_eq!(
+            t.actions,
+            vec![
+                ScheduledAction { action: 0, at: 1_000 },
+                ScheduledAction { action: 1, at: 3_601_000 }
+            ]
+        );
+    }
+
+    #[test]
+    fn extend_reschedules_only_delayed_actions_without_counting() {
+        let mut d = FilterDecider::new(plan(DuplicatePolicy::Extend));
+        d.on_match(v("a"), 0);
+        trigger(d.on_match(v("a"), 0));
+        let t = trigger(d.on_match(v("a"), 600_000));
+        assert_eq!(t.kind, TriggerKind::Extend);
+        assert_eq!(t.actions, vec![ScheduledAction { action: 1, at: 4_200_000 }]);
+        assert!(d.is_jailed(&v("a"), 4_199_999));
+        assert!(!d.is_jailed(&v("a"), 4_200_000));
+    }
+
+    #[test]
+    fn rerun_schedules_everything_again() {
+        let mut d = FilterDecider::new(plan(DuplicatePolicy::Rerun));
+        d.on_match(v("a"), 0);
+        trigger(d.on_match(v("a"), 0));
+        let t = trigger(d.on_match(v("a"), 10));
+        assert_eq!(t.kind, TriggerKind::Rerun);
+        assert_eq!(t.actions.len(), 2);
+    }
+
+    #[test]
+    fn ignore_drops_duplicates_until_the_jail_expires() {
+        let mut d = FilterDecider::new(plan(DuplicatePolicy::Ignore));
+        d.on_match(v("a"), 0);
+        trigger(d.on_match(v("a"), 0));
+        assert_eq!(d.on_match(v("a"), 10), Decision::DuplicateIgnored);
+        assert_eq!(d.on_match(v("a"), 3_600_000), Decision::Counted { count: 1 });
+    }
+
+    #[test]
+    fn without_delayed_actions_nothing_is_jailed() {
+        let mut d = FilterDecider::new(FilterPlan {
+            retry: 1,
+            retry_period: 0,
+            duplicate: DuplicatePolicy::Ignore,
+            actions: vec![action("alert", None)],
+            ip_slot: None,
+        });
+        assert_eq!(trigger(d.on_match(v("a"), 0)).kind, TriggerKind::New);
+        assert_eq!(trigger(d.on_match(v("a"), 1)).kind, TriggerKind::New);
+    }
+
+    #[test]
+    fn ip_only_actions_follow_the_address_family() {
+        let mut p = plan(DuplicatePolicy::Extend);
+        p.retry = 1;
+        p.actions = vec![
+            ActionSpec {
+                ip_only: Some(IpOnly::V4),
+                ..action("ban4", None)
+            },
+            ActionSpec {
+                ip_only: Some(IpOnly::V6),
+                ..action("ban6", None)
+            },
+        ];
+        let mut d = FilterDecider::new(p);
+        let t4 = trigger(d.on_match(v("192.0.2.1"), 0));
+        assert_eq!(t4.actions, vec![ScheduledAction { action: 0, at: 0 }]);
+        let t6 = trigger(d.on_match(v("2001:db8::/64"), 0));
+        assert_eq!(t6.actions, vec![ScheduledAction { action: 1, at: 0 }]);
+    }
+
+    #[test]
+    fn force_trigger_bypasses_retry_and_forget_unjails() {
+        let mut d = FilterDecider::new(plan(DuplicatePolicy::Ignore));
+        assert_eq!(trigger(d.force_trigger(v("a"), 5)).kind, TriggerKind::New);
+        assert!(d.is_jailed(&v("a"), 6));
+        assert!(d.forget(&v("a")));
+        assert!(!d.is_jailed(&v("a"), 6));
+    }
+
+    #[test]
+    fn restored_triggers_are_jailed_until_their_last_action() {
+        let mut d = FilterDecider::new(plan(DuplicatePolicy::Ignore));
+        d.restore_trigger(v("a"), 1_000);
+        assert!(d.is_jailed(&v("a"), 3_600_999));
+        assert!(!d.is_jailed(&v("a"), 3_601_000));
+    }
+}

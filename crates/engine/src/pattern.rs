@@ -1,0 +1,543 @@
+//! Patterns: the `<name>` placeholders of filter regexes and action commands.
+//!
+//! A [`Pattern`] is compiled once from a [`PatternSpec`]. It owns the regex
+//! text that replaces `<name>` in filter regexes, and decides what a captured
+//! value becomes: IP-typed values are validated, normalised (IPv4-mapped IPv6
+//! becomes IPv4, IPv6 is written in canonical form) and grouped by the
+//! configured masks; any value can be dropped by the `ignore`,
+//! `ignoreregex` and `ignorecidr` lists, with the reason reported.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use regex::RegexSet;
+
+/// What kind of value a pattern captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PatternKind {
+    /// A user regex; values are kept as written.
+    Regex,
+    /// IPv4 or IPv6.
+    Ip,
+    Ipv4,
+    Ipv6,
+}
+
+impl PatternKind {
+    pub fn is_ip(self) -> bool {
+        self != PatternKind::Regex
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PatternKind::Regex => "regex",
+            PatternKind::Ip => "ip",
+            PatternKind::Ipv4 => "ipv4",
+            PatternKind::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// A pattern as configured, before compilation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternSpec {
+    pub name: String,
+    pub kind: PatternKind,
+    /// Required for [`PatternKind::Regex`]; IP types bring their own regex
+    /// and ignore this one (as reaction does).
+    pub regex: Option<String>,
+    pub ignore: Vec<String>,
+    pub ignore_regex: Vec<String>,
+    pub ignore_cidr: Vec<IpNet>,
+    pub ipv4_mask: Option<u8>,
+    pub ipv6_mask: Option<u8>,
+}
+
+impl PatternSpec {
+    /// A plain regex pattern with no ignore list.
+    pub fn regex(name: &str, regex: &str) -> Self {
+        PatternSpec {
+            name: name.to_owned(),
+            kind: PatternKind::Regex,
+            regex: Some(regex.to_owned()),
+            ignore: Vec::new(),
+            ignore_regex: Vec::new(),
+            ignore_cidr: Vec::new(),
+            ipv4_mask: None,
+            ipv6_mask: None,
+        }
+    }
+
+    /// An IP-typed pattern with no ignore list and no mask.
+    pub fn ip(name: &str, kind: PatternKind) -> Self {
+        PatternSpec {
+            kind,
+            regex: None,
+            ..PatternSpec::regex(name, "")
+        }
+    }
+}
+
+/// Why a pattern cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("a pattern of type regex needs a 'regex'")]
+    MissingRegex,
+    #[error("invalid regex: {0}")]
+    Regex(String),
+    #[error("invalid ignoreregex: {0}")]
+    IgnoreRegex(String),
+    #[error("'{key}' is only allowed on patterns of type {allowed}, not on type {kind}")]
+    NotForKind {
+        key: &'static str,
+        allowed: &'static str,
+        kind: &'static str,
+    },
+    #[error("'{key}' must be between 0 and {max}, found {found}")]
+    MaskRange {
+        key: &'static str,
+        max: u8,
+        found: u8,
+    },
+}
+
+/// Why a captured value was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IgnoreReason {
+    /// Listed in `ignore`.
+    List,
+    /// Matched by one of `ignoreregex`.
+    Regex,
+    /// Inside one of `ignorecidr`.
+    Cidr,
+    /// An IP-typed pattern captured text that is not an address of its type.
+    NotAnIp,
+}
+
+impl IgnoreReason {
+    pub const ALL: [IgnoreReason; 4] = [
+        IgnoreReason::List,
+        IgnoreReason::Regex,
+        IgnoreReason::Cidr,
+        IgnoreReason::NotAnIp,
+    ];
+
+    /// Stable name used in summaries and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            IgnoreReason::List => "ignore",
+            IgnoreReason::Regex => "ignoreregex",
+            IgnoreReason::Cidr => "ignorecidr",
+            IgnoreReason::NotAnIp => "not_an_ip",
+        }
+    }
+}
+
+impl fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+// The built-in regexes only recognise address-shaped text; every captured
+// value is then parsed by std, so the regexes may be loose without ever
+// letting a non-address through. IPv6 is deliberately loose: an exact IPv6
+// grammar as one leftmost-first alternation stops early on compressed forms
+// ("2001:db8::" out of "2001:db8::1").
+const IPV4_OCTET: &str = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+
+fn ipv4_regex() -> String {
+    format!("(?:{IPV4_OCTET}\\.){{3}}{IPV4_OCTET}")
+}
+
+fn ipv6_regex() -> String {
+    format!(
+        "(?:[0-9a-fA-F]{{0,4}}:){{2,7}}(?:{}|[0-9a-fA-F]{{0,4}})",
+        ipv4_regex()
+    )
+}
+
+/// The regex an IP type stands for inside filter regexes.
+pub fn builtin_regex(kind: PatternKind) -> Option<String> {
+    match kind {
+        PatternKind::Regex => None,
+        PatternKind::Ipv4 => Some(ipv4_regex()),
+        PatternKind::Ipv6 => Some(ipv6_regex()),
+        PatternKind::Ip => Some(format!("(?:{}|{})", ipv6_regex(), ipv4_regex())),
+    }
+}
+
+/// A compiled pattern.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    name: String,
+    kind: PatternKind,
+    regex: String,
+    ignore: HashSet<String>,
+    ignore_regex: Option<RegexSet>,
+    ignore_cidr: Vec<IpNet>,
+    ipv4_mask: Option<u8>,
+    ipv6_mask: Option<u8>,
+}
+
+impl Pattern {
+    pub fn compile(spec: PatternSpec) -> Result<Pattern, PatternError> {
+        let regex = match builtin_regex(spec.kind) {
+            Some(builtin) => builtin,
+            None => {
+                let regex = spec.regex.ok_or(PatternError::MissingRegex)?;
+                regex::Regex::new(&regex).map_err(|e| PatternError::Regex(e.to_string()))?;
+                regex
+            }
+        };
+        let ignore_regex = if spec.ignore_regex.is_empty() {
+            None
+        } else {
+            // "regex must match the full Match": anchor each one.
+            let anchored = spec.ignore_regex.iter().map(|r| format!("^(?:{r})$"));
+            Some(RegexSet::new(anchored).map_err(|e| PatternError::IgnoreRegex(e.to_string()))?)
+        };
+        if !spec.kind.is_ip() && !spec.ignore_cidr.is_empty() {
+            return Err(PatternError::NotForKind {
+                key: "ignorecidr",
+                allowed: "ip, ipv4 or ipv6",
+                kind: spec.kind.name(),
+            });
+        }
+        check_mask(spec.kind, "ipv4mask", spec.ipv4_mask, 32, PatternKind::Ipv6)?;
+        check_mask(spec.kind, "ipv6mask", spec.ipv6_mask, 128, PatternKind::Ipv4)?;
+        Ok(Pattern {
+            name: spec.name,
+            kind: spec.kind,
+            regex,
+            ignore: spec.ignore.into_iter().collect(),
+            ignore_regex,
+            ignore_cidr: spec.ignore_cidr,
+            ipv4_mask: spec.ipv4_mask,
+            ipv6_mask: spec.ipv6_mask,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> PatternKind {
+        self.kind
+    }
+
+    /// The regex that replaces `<name>` in filter regexes.
+    pub fn regex(&self) -> &str {
+        &self.regex
+    }
+
+    /// Turns a captured value into the value actions and windows see, or
+    /// says why it is ignored.
+    pub fn accept(&self, raw: &str) -> Result<String, IgnoreReason> {
+        if !self.kind.is_ip() {
+            self.check_ignore_lists(raw, None)?;
+            return Ok(raw.to_owned());
+        }
+        let addr = parse_ip(raw).ok_or(IgnoreReason::NotAnIp)?;
+        match (self.kind, addr) {
+            (PatternKind::Ipv4, IpAddr::V6(_)) | (PatternKind::Ipv6, IpAddr::V4(_)) => {
+                return Err(IgnoreReason::NotAnIp);
+            }
+            _ => {}
+        }
+        if self.ignore_cidr.iter().any(|net| net.contains(&addr)) {
+            return Err(IgnoreReason::Cidr);
+        }
+        let value = self.group(addr);
+        self.check_ignore_lists(raw, Some(&value))?;
+        Ok(value)
+    }
+
+    fn check_ignore_lists(&self, raw: &str, value: Option<&str>) -> Result<(), IgnoreReason> {
+        // An ignore entry may be written as the log shows the address or in
+        // its normalised form; both must work.
+        let candidates = std::iter::once(raw).chain(value.filter(|v| *v != raw));
+        for candidate in candidates {
+            if self.ignore.contains(candidate) {
+                return Err(IgnoreReason::List);
+            }
+            if let Some(set) = &self.ignore_regex
+                && set.is_match(candidate)
+            {
+                return Err(IgnoreReason::Regex);
+            }
+        }
+        Ok(())
+    }
+
+    /// The address, or its network when a mask groups addresses. A mask of
+    /// the full length groups nothing, so the plain address is kept.
+    fn group(&self, addr: IpAddr) -> String {
+        match addr {
+            IpAddr::V4(v4) => match self.ipv4_mask {
+                Some(len) if len < 32 => Ipv4Net::new(v4, len)
+                    .map(|net| net.trunc().to_string())
+                    .unwrap_or_else(|_| v4.to_string()),
+                _ => v4.to_string(),
+            },
+            IpAddr::V6(v6) => match self.ipv6_mask {
+                Some(len) if len < 128 => Ipv6Net::new(v6, len)
+                    .map(|net| net.trunc().to_string())
+                    .unwrap_or_else(|_| v6.to_string()),
+                _ => v6.to_string(),
+            },
+        }
+    }
+}
+
+fn check_mask(
+    kind: PatternKind,
+    key: &'static str,
+    mask: Option<u8>,
+    max: u8,
+    incompatible: PatternKind,
+) -> Result<(), PatternError> {
+    let Some(found) = mask else { return Ok(()) };
+    if kind == PatternKind::Regex || kind == incompatible {
+        let allowed = if incompatible == PatternKind::Ipv6 {
+            "ip or ipv4"
+        } else {
+            "ip or ipv6"
+        };
+        return Err(PatternError::NotForKind {
+            key,
+            allowed,
+            kind: kind.name(),
+        });
+    }
+    if found > max {
+        return Err(PatternError::MaskRange { key, max, found });
+    }
+    Ok(())
+}
+
+/// Parses an address, mapping IPv4-mapped IPv6 (`::ffff:1.2.3.4`) to IPv4 so
+/// one host is one value whichever way the log wrote it.
+pub fn parse_ip(text: &str) -> Option<IpAddr> {
+    match text.parse::<IpAddr>().ok()? {
+        IpAddr::V6(v6) => Some(
+            v6.to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
+        ),
+        v4 => Some(v4),
+    }
+}
+
+/// The IP version of a value produced by an IP pattern (an address or a
+/// masked network).
+pub fn value_is_ipv6(value: &str) -> bool {
+    value.contains(':')
+}
+
+/// All patterns of a configuration, looked up by name.
+#[derive(Debug, Clone, Default)]
+pub struct Patterns {
+    list: Vec<Pattern>,
+}
+
+impl Patterns {
+    pub fn new(list: Vec<Pattern>) -> Self {
+        Patterns { list }
+    }
+
+    pub fn get(&self, name: &str) -> Option<(usize, &Pattern)> {
+        self.list.iter().enumerate().find(|(_, p)| p.name == name)
+    }
+
+    pub fn by_index(&self, index: usize) -> &Pattern {
+        &self.list[index]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Pattern> {
+        self.list.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ip_pattern(kind: PatternKind) -> Pattern {
+        Pattern::compile(PatternSpec::ip("ip", kind)).expect("compiles")
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_becomes_ipv4() {
+        let p = ip_pattern(PatternKind::Ip);
+        assert_eq!(p.accept("::ffff:192.0.2.7"), Ok("192.0.2.7".into()));
+        assert_eq!(p.accept("2001:DB8:0:0::1"), Ok("2001:db8::1".into()));
+    }
+
+    #[test]
+    fn ip_types_reject_the_other_family_and_garbage() {
+        assert_eq!(
+            ip_pattern(PatternKind::Ipv4).accept("2001:db8::1"),
+            Err(IgnoreReason::NotAnIp)
+        );
+        assert_eq!(
+            ip_pattern(PatternKind::Ipv6).accept("192.0.2.1"),
+            Err(IgnoreReason::NotAnIp)
+        );
+        assert_eq!(
+            ip_pattern(PatternKind::Ip).accept("12:34:56"),
+            Err(IgnoreReason::NotAnIp)
+        );
+    }
+
+    #[test]
+    fn masks_group_addresses_into_networks() {
+        let p = Pattern::compile(PatternSpec {
+            ipv4_mask: Some(24),
+            ipv6_mask: Some(64),
+            ..PatternSpec::ip("ip", PatternKind::Ip)
+        })
+        .expect("compiles");
+        assert_eq!(
+            p.accept("2001:db8:2345:3456::1"),
+            Ok("2001:db8:2345:3456::/64".into())
+        );
+        assert_eq!(p.accept("198.51.100.77"), Ok("198.51.100.0/24".into()));
+        let full = Pattern::compile(PatternSpec {
+            ipv4_mask: Some(32),
+            ..PatternSpec::ip("ip", PatternKind::Ip)
+        })
+        .expect("compiles");
+        assert_eq!(full.accept("198.51.100.77"), Ok("198.51.100.77".into()));
+    }
+
+    #[test]
+    fn ignore_lists_apply_with_their_reason() {
+        let p = Pattern::compile(PatternSpec {
+            ignore: vec!["192.0.2.1".into()],
+            ignore_regex: vec!["10\\..*".into()],
+            ignore_cidr: vec!["127.0.0.0/8".parse().expect("net"), "::1/128".parse().expect("net")],
+            ..PatternSpec::ip("ip", PatternKind::Ip)
+        })
+        .expect("compiles");
+        assert_eq!(p.accept("192.0.2.1"), Err(IgnoreReason::List));
+        assert_eq!(p.accept("::ffff:192.0.2.1"), Err(IgnoreReason::List));
+        assert_eq!(p.accept("10.1.2.3"), Err(IgnoreReason::Regex));
+        assert_eq!(p.accept("127.8.8.8"), Err(IgnoreReason::Cidr));
+        assert_eq!(p.accept("::1"), Err(IgnoreReason::Cidr));
+        assert_eq!(p.accept("192.0.2.2"), Ok("192.0.2.2".into()));
+    }
+
+    #[test]
+    fn ignoreregex_must_match_the_whole_value() {
+        let p = Pattern::compile(PatternSpec {
+            ignore_regex: vec!["Chr.*".into(), "bob".into()],
+            ..PatternSpec::regex("name", "[A-Za-z]+")
+        })
+        .expect("compiles");
+        assert_eq!(p.accept("Christine"), Err(IgnoreReason::Regex));
+        assert_eq!(p.accept("bob"), Err(IgnoreReason::Regex));
+        assert_eq!(p.accept("bobby"), Ok("bobby".into()));
+        assert_eq!(p.accept("AChr"), Ok("AChr".into()));
+    }
+
+    #[test]
+    fn invalid_specs_are_rejected() {
+        assert_eq!(
+            Pattern::compile(PatternSpec {
+                regex: None,
+                ..PatternSpec::regex("x", "")
+            })
+            .err(),
+            Some(PatternError::MissingRegex)
+        );
+        assert!(matches!(
+            Pattern::compile(PatternSpec::regex("x", "(")),
+            Err(PatternError::Regex(_))
+        ));
+        assert!(matches!(
+            Pattern::compile(PatternSpec {
+                ipv6_mask: Some(64),
+                ..PatternSpec::ip("ip", PatternKind::Ipv4)
+            }),
+            Err(PatternError::NotForKind { .. })
+        ));
+        assert!(matches!(
+            Pattern::compile(PatternSpec {
+                ipv4_mask: Some(24),
+                ..PatternSpec::regex("x", "a")
+            }),
+            Err(PatternError::NotForKind { .. })
+        ));
+        assert!(matches!(
+            Pattern::compile(PatternSpec {
+                ipv4_mask: Some(33),
+                ..PatternSpec::ip("ip", PatternKind::Ip)
+            }),
+            Err(PatternError::MaskRange { .. })
+        ));
+        assert!(matches!(
+            Pattern::compile(PatternSpec {
+                ignore_cidr: vec!["10.0.0.0/8".parse().expect("net")],
+                ..PatternSpec::regex("x", "a")
+            }),
+            Err(PatternError::NotForKind { .. })
+        ));
+    }
+
+    #[test]
+    fn builtin_ip_regex_finds_whole_addresses() {
+        let re = regex::Regex::new(&format!(
+            "from ({}) port",
+            builtin_regex(PatternKind::Ip).expect("ip")
+        ))
+        .expect("compiles");
+        for addr in [
+            "1.2.3.4",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::1",
+            "fe80::1:2:3:4",
+            "::ffff:10.0.0.1",
+            "2001:db8:85a3:0:0:8a2e:370:7334",
+            "2001:db8::",
+        ] {
+            let line = format!("x from {addr} port 22");
+            let caps = re.captures(&line).expect(addr);
+            assert_eq!(&caps[1], addr);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_ipv4_is_accepted_unchanged(a: u8, b: u8, c: u8, d: u8) {
+            let text = format!("{a}.{b}.{c}.{d}");
+            prop_assert_eq!(ip_pattern(PatternKind::Ip).accept(&text), Ok(text));
+        }
+
+        #[test]
+        fn any_ipv6_is_found_by_the_builtin_regex(raw: [u16; 8]) {
+            let addr = std::net::Ipv6Addr::from(raw);
+            let text = addr.to_string();
+            let re = regex::Regex::new(&format!("^(?:{})$", builtin_regex(PatternKind::Ip).expect("ip")))
+                .expect("compiles");
+            prop_assert!(re.is_match(&text), "{}", text);
+        }
+
+        #[test]
+        fn accept_never_panics(s in ".{0,60}") {
+            let _ = ip_pattern(PatternKind::Ip).accept(&s);
+        }
+    }
+}
