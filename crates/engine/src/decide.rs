@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 use crate::pattern::value_is_ipv6;
 use crate::window::RetryWindow;
 use crate::{Time, Values};
@@ -107,7 +109,9 @@ pub struct Trigger {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Counted toward `retry`; `count` matches are now in the window.
-    Counted { count: usize },
+    Counted {
+        count: usize,
+    },
     Trigger(Trigger),
     /// A duplicate under `ignore`.
     DuplicateIgnored,
@@ -119,7 +123,7 @@ pub struct FilterDecider {
     plan: FilterPlan,
     window: RetryWindow,
     /// Jailed values and when their last delayed action is due.
-    jail: HashMap<Values, Time>,
+    jail: HashMap<Values, Time, RandomState>,
     jail_inserts_since_sweep: usize,
     /// Inserts allowed before the next sweep (see [`RetryWindow`]).
     jail_sweep_every: usize,
@@ -130,7 +134,7 @@ impl FilterDecider {
         FilterDecider {
             window: RetryWindow::new(plan.retry, plan.retry_period),
             plan,
-            jail: HashMap::new(),
+            jail: HashMap::default(),
             jail_inserts_since_sweep: 0,
             jail_sweep_every: 1024,
         }
@@ -297,14 +301,23 @@ mod tests {
     #[test]
     fn a_trigger_schedules_every_action_at_its_delay() {
         let mut d = FilterDecider::new(plan(DuplicatePolicy::Extend));
-        assert_eq!(d.on_match(v("192.0.2.1"), 0), Decision::Counted { count: 1 });
+        assert_eq!(
+            d.on_match(v("192.0.2.1"), 0),
+            Decision::Counted { count: 1 }
+        );
         let t = trigger(d.on_match(v("192.0.2.1"), 1_000));
         assert_eq!(t.kind, TriggerKind::New);
         assert_eq!(
             t.actions,
             vec![
-                ScheduledAction { action: 0, at: 1_000 },
-                ScheduledAction { action: 1, at: 3_601_000 }
+                ScheduledAction {
+                    action: 0,
+                    at: 1_000
+                },
+                ScheduledAction {
+                    action: 1,
+                    at: 3_601_000
+                }
             ]
         );
     }
@@ -316,7 +329,13 @@ mod tests {
         trigger(d.on_match(v("a"), 0));
         let t = trigger(d.on_match(v("a"), 600_000));
         assert_eq!(t.kind, TriggerKind::Extend);
-        assert_eq!(t.actions, vec![ScheduledAction { action: 1, at: 4_200_000 }]);
+        assert_eq!(
+            t.actions,
+            vec![ScheduledAction {
+                action: 1,
+                at: 4_200_000
+            }]
+        );
         assert!(d.is_jailed(&v("a"), 4_199_999));
         assert!(!d.is_jailed(&v("a"), 4_200_000));
     }
@@ -337,7 +356,10 @@ mod tests {
         d.on_match(v("a"), 0);
         trigger(d.on_match(v("a"), 0));
         assert_eq!(d.on_match(v("a"), 10), Decision::DuplicateIgnored);
-        assert_eq!(d.on_match(v("a"), 3_600_000), Decision::Counted { count: 1 });
+        assert_eq!(
+            d.on_match(v("a"), 3_600_000),
+            Decision::Counted { count: 1 }
+        );
     }
 
     #[test]

@@ -125,8 +125,16 @@ mod tests {
     fn every_unit_spelling_is_accepted() {
         for (names, factor) in UNITS {
             for name in *names {
-                assert_eq!(parse_duration(&format!("3{name}")), Ok(3 * factor), "{name}");
-                assert_eq!(parse_duration(&format!("3 {name}")), Ok(3 * factor), "{name}");
+                assert_eq!(
+                    parse_duration(&format!("3{name}")),
+                    Ok(3 * factor),
+                    "{name}"
+                );
+                assert_eq!(
+                    parse_duration(&format!("3 {name}")),
+                    Ok(3 * factor),
+                    "{name}"
+                );
             }
         }
     }
@@ -135,13 +143,34 @@ mod tests {
     fn malformed_durations_are_rejected_with_the_reason() {
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
         assert_eq!(parse_duration("  "), Err(DurationError::Empty));
-        assert!(matches!(parse_duration("h"), Err(DurationError::NoNumber(_))));
-        assert!(matches!(parse_duration("-1s"), Err(DurationError::NoNumber(_))));
-        assert!(matches!(parse_duration("1.5h"), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!(parse_duration("10"), Err(DurationError::NoUnit(_))));
-        assert!(matches!(parse_duration("2w"), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!(parse_duration("1 H"), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!(parse_duration("1 s s"), Err(DurationError::UnknownUnit { .. })));
+        assert!(matches!(
+            parse_duration("h"),
+            Err(DurationError::NoNumber(_))
+        ));
+        assert!(matches!(
+            parse_duration("-1s"),
+            Err(DurationError::NoNumber(_))
+        ));
+        assert!(matches!(
+            parse_duration("1.5h"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("10"),
+            Err(DurationError::NoUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("2w"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("1 H"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("1 s s"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
     }
 
     #[test]

@@ -102,7 +102,13 @@ pub fn placeholders(text: &str) -> Vec<(std::ops::Range<usize>, &str)> {
             end += 1;
         }
         let is_named_group = text[..start].ends_with("(?P") || text[..start].ends_with("(?");
-        let escaped = text[..start].bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1;
+        let escaped = text[..start]
+            .bytes()
+            .rev()
+            .take_while(|&b| b == b'\\')
+            .count()
+            % 2
+            == 1;
         if end > start + 1 && end < bytes.len() && bytes[end] == b'>' && !is_named_group && !escaped
         {
             found.push((start..end + 1, &text[start + 1..end]));
@@ -191,11 +197,12 @@ impl StreamMatcher {
             }
             let mut first_names: Option<Vec<String>> = None;
             for (i, text) in filter.regexes.iter().enumerate() {
-                let expanded = expand(text, patterns).map_err(|name| MatcherError::UnknownPattern {
-                    filter: filter.name.clone(),
-                    index: i + 1,
-                    name,
-                })?;
+                let expanded =
+                    expand(text, patterns).map_err(|name| MatcherError::UnknownPattern {
+                        filter: filter.name.clone(),
+                        index: i + 1,
+                        name,
+                    })?;
                 match &first_names {
                     None => first_names = Some(expanded.names.clone()),
                     Some(first) if *first != expanded.names => {
@@ -250,7 +257,10 @@ impl StreamMatcher {
             });
         }
 
-        let sources: Vec<&str> = expanded_all.iter().map(|(_, _, e)| e.regex.as_str()).collect();
+        let sources: Vec<&str> = expanded_all
+            .iter()
+            .map(|(_, _, e)| e.regex.as_str())
+            .collect();
         let any = Regex::builder()
             .syntax(syntax_config())
             .configure(
@@ -280,8 +290,16 @@ impl StreamMatcher {
         MatchScratch {
             any: self.any.create_cache(),
             hits: PatternSet::new(self.any.pattern_len()),
-            caches: self.regexes.iter().map(|r| r.regex.create_cache()).collect(),
-            captures: self.regexes.iter().map(|r| r.regex.create_captures()).collect(),
+            caches: self
+                .regexes
+                .iter()
+                .map(|r| r.regex.create_cache())
+                .collect(),
+            captures: self
+                .regexes
+                .iter()
+                .map(|r| r.regex.create_captures())
+                .collect(),
         }
     }
 
@@ -425,7 +443,10 @@ mod tests {
             ],
         )
         .expect("compiles");
-        let got = find_all(&m, "sshd[1]: Failed password for root from 192.0.2.9 port 22");
+        let got = find_all(
+            &m,
+            "sshd[1]: Failed password for root from 192.0.2.9 port 22",
+        );
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].filter, 0);
         assert_eq!(

@@ -207,7 +207,13 @@ impl Pattern {
             });
         }
         check_mask(spec.kind, "ipv4mask", spec.ipv4_mask, 32, PatternKind::Ipv6)?;
-        check_mask(spec.kind, "ipv6mask", spec.ipv6_mask, 128, PatternKind::Ipv4)?;
+        check_mask(
+            spec.kind,
+            "ipv6mask",
+            spec.ipv6_mask,
+            128,
+            PatternKind::Ipv4,
+        )?;
         Ok(Pattern {
             name: spec.name,
             kind: spec.kind,
@@ -427,7 +433,10 @@ mod tests {
         let p = Pattern::compile(PatternSpec {
             ignore: vec!["192.0.2.1".into()],
             ignore_regex: vec!["10\\..*".into()],
-            ignore_cidr: vec!["127.0.0.0/8".parse().expect("net"), "::1/128".parse().expect("net")],
+            ignore_cidr: vec![
+                "127.0.0.0/8".parse().expect("net"),
+                "::1/128".parse().expect("net"),
+            ],
             ..PatternSpec::ip("ip", PatternKind::Ip)
         })
         .expect("compiles");

@@ -4,9 +4,12 @@
 //! value reaches `retry` counted matches, the window reports a trigger and
 //! forgets that value's matches (they were used up by the trigger). Each
 //! value keeps at most `retry` timestamps, so memory per value is bounded,
-//! and expired values are swept in amortised O(1) per match.
+//! and expired values are swept in amortised O(1) per match. Keys are
+//! attacker-chosen text, so the hasher is fast but randomly seeded.
 
 use std::collections::{HashMap, VecDeque};
+
+use foldhash::fast::RandomState;
 
 use crate::{Time, Values};
 
@@ -15,7 +18,7 @@ use crate::{Time, Values};
 pub struct RetryWindow {
     retry: usize,
     period: Time,
-    entries: HashMap<Values, VecDeque<Time>>,
+    entries: HashMap<Values, VecDeque<Time>, RandomState>,
     records_since_sweep: usize,
     /// Records allowed before the next sweep: the size left by the last
     /// sweep (at least 1024), which makes sweeping amortised O(1).
@@ -29,7 +32,7 @@ impl RetryWindow {
         RetryWindow {
             retry: retry.max(1) as usize,
             period,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             records_since_sweep: 0,
             sweep_every: 1024,
         }
@@ -65,7 +68,12 @@ impl RetryWindow {
     pub fn count(&self, values: &Values, now: Time) -> usize {
         self.entries
             .get(values)
-            .map(|times| times.iter().filter(|&&t| is_live(t, now, self.period)).count())
+            .map(|times| {
+                times
+                    .iter()
+                    .filter(|&&t| is_live(t, now, self.period))
+                    .count()
+            })
             .unwrap_or(0)
     }
 

@@ -2,12 +2,16 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the command line (clap).
+//! - [`check`]: `test-config` and `test-regex`.
 //! - [`config`]: reads YAML, JSON and JSONnet (a file or a directory) into a
 //!   positioned tree, validates it and compiles it into engine types.
 //! - [`lines`]: bounded line reading from plain or gzip'ed input.
 //! - [`replay`]: the offline decision pipeline over old logs, in log time.
 //! - [`progress`]: the progress bar `replay` draws on a terminal.
 
+pub mod check;
+pub mod cli;
 pub mod config;
 pub mod lines;
 pub mod progress;

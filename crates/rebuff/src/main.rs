@@ -1,1 +1,112 @@
-fn main() {}
+//! The `rebuff` binary: parse the command line, dispatch, map errors to
+//! exit codes (1 for a configuration or runtime error, 2 for usage).
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use rebuff::cli::{Cli, Command};
+use rebuff::config::{self, Config};
+use rebuff::{check, replay};
+
+fn main() -> ExitCode {
+    // Invoked through a symlink named `reaction`, rebuff answers as reaction
+    // (reaction-metrics-exporter calls `reaction -V` and parses the name).
+    let as_reaction = std::env::args_os()
+        .next()
+        .is_some_and(|a| Path::new(&a).file_name().is_some_and(|n| n == "reaction"));
+    let invoked_as = if as_reaction { "reaction" } else { "rebuff" };
+    let matches = Cli::command().name(invoked_as).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if cli.version {
+        println!("{invoked_as} {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        let _ = Cli::command().name(invoked_as).print_help();
+        return ExitCode::from(2);
+    };
+    match run(command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ERROR {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    match config::load(path) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("WARN {warning}");
+            }
+            Ok(config)
+        }
+        Err(errors) => {
+            let count = errors.0.len();
+            for error in &errors.0 {
+                eprintln!("ERROR {error}");
+            }
+            anyhow::bail!(
+                "invalid configuration {}: {count} error{}",
+                path.display(),
+                if count == 1 { "" } else { "s" }
+            )
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
+    match command {
+        Command::TestConfig { config, format } => {
+            let config = load(&config)?;
+            check::print_config(&config, format, &mut out)?;
+        }
+        Command::TestRegex {
+            config,
+            regex,
+            line,
+        } => {
+            let config = load(&config)?;
+            let matcher = check::compile_regex(&config, &regex)?;
+            match line {
+                Some(line) => {
+                    let matched = check::test_line(&matcher, &line, &mut out)?;
+                    out.flush()?;
+                    if !matched {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                }
+                None => {
+                    let stdin = std::io::stdin();
+                    check::test_stream(&matcher, &mut stdin.lock(), &mut out)?;
+                }
+            }
+        }
+        Command::Replay {
+            config,
+            format,
+            stream,
+            no_progress,
+            files,
+        } => {
+            let config = load(&config)?;
+            let options = replay::ReplayOptions {
+                format,
+                stream,
+                files,
+                progress: !no_progress,
+            };
+            replay::run(&config, &options, &mut out)?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

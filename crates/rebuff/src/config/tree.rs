@@ -28,7 +28,11 @@ impl Loc {
 
     /// A location that knows only its file.
     pub fn file_only(file: Arc<Path>) -> Self {
-        Loc { file, line: 0, col: 0 }
+        Loc {
+            file,
+            line: 0,
+            col: 0,
+        }
     }
 }
 

@@ -1,3 +1,675 @@
-//! The offline decision pipeline over old logs, in log time.
+//! `rebuff replay`: the whole decision pipeline over old logs, in log time.
+//!
+//! Each line of each file (plain or gzip'ed, or stdin) gets its timestamp
+//! from the line itself ([`timestamp`]); a line without one takes the
+//! previous line's time. The line goes to every stream's [`StreamMatcher`]
+//! (or one stream's, with `--stream`), and each accepted match to its
+//! filter's [`FilterDecider`], exactly as in the daemon, but no action runs:
+//! triggers and the actions they would run are printed as they happen, and a
+//! summary follows. JSON output is streamed (one object, triggers first,
+//! summary last) so memory does not grow with the number of triggers.
 
 pub mod timestamp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, bail};
+use foldhash::fast::RandomState;
+use rebuff_engine::{
+    Decision, FilterDecider, IgnoreReason, LineMatch, MatchScratch, Trigger, TriggerKind, line_text,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::{Config, Stream};
+use crate::lines::{LineReader, open_input};
+use crate::progress::Progress;
+
+use self::timestamp::TimestampParser;
+
+/// Lines longer than this are cut and counted (reaction's streams are line
+/// oriented; a 10 GB "line" must not be buffered).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Distinct offending values tracked for the top-offenders table; more are
+/// counted as untracked rather than growing memory without bound.
+const MAX_TRACKED_OFFENDERS: usize = 200_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub format: OutputFormat,
+    /// Only this stream's filters see the lines.
+    pub stream: Option<String>,
+    /// Files to read; `-` is stdin.
+    pub files: Vec<PathBuf>,
+    /// Draw a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct FilterStats {
+    matches: u64,
+    ignored: [u64; IgnoreReason::ALL.len()],
+    triggers: u64,
+    extended: u64,
+    reruns: u64,
+    duplicates_ignored: u64,
+    /// Per action, parallel to the filter's actions.
+    actions: Vec<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Offender {
+    matches: u64,
+    triggers: u64,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    files: u64,
+    lines: u64,
+    bytes: u64,
+    invalid_utf8: u64,
+    oversized: u64,
+    no_timestamp: u64,
+    first_time: Option<u64>,
+    last_time: Option<u64>,
+}
+
+struct StreamRun<'c> {
+    stream: &'c Stream,
+    scratch: MatchScratch,
+    deciders: Vec<FilterDecider>,
+    stats: Vec<FilterStats>,
+}
+
+/// Runs a replay, writing triggers and the summary to `out`.
+pub fn run(config: &Config, options: &ReplayOptions, out: &mut dyn Write) -> anyhow::Result<()> {
+    let streams: Vec<&Stream> = match &options.stream {
+        Some(name) => match config.stream(name) {
+            Some(stream) => vec![stream],
+            None => {
+                let known: Vec<&str> = config.streams.iter().map(|s| s.name.as_str()).collect();
+                bail!("no stream named '{name}' (streams: {})", known.join(", "));
+            }
+        },
+        None => config.streams.iter().collect(),
+    };
+    let mut replay = Replay {
+        runs: streams
+            .into_iter()
+            .map(|stream| StreamRun {
+                scratch: stream.matcher.scratch(),
+                deciders: stream
+                    .filters
+                    .iter()
+                    .map(|f| FilterDecider::new(f.plan.clone()))
+                    .collect(),
+                stats: stream
+                    .filters
+                    .iter()
+                    .map(|f| FilterStats {
+                        actions: vec![0; f.actions.len()],
+                        ..FilterStats::default()
+                    })
+                    .collect(),
+                stream,
+            })
+            .collect(),
+        totals: Totals::default(),
+        offenders: HashMap::default(),
+        untracked_offenders: 0,
+        format: options.format,
+        first_trigger: true,
+        key: String::new(),
+    };
+    if options.format == OutputFormat::Json {
+        out.write_all(b"{\"triggers\": [")?;
+    }
+    for file in &options.files {
+        replay
+            .file(file, options.progress, out)
+            .with_context(|| format!("reading {}", file.display()))?;
+    }
+    match options.format {
+        OutputFormat::Json => {
+            out.write_all(b"\n], \"summary\": ")?;
+            serde_json::to_writer(&mut *out, &replay.summary_json())?;
+            out.write_all(b"}\n")?;
+        }
+        OutputFormat::Text => replay.write_text_summary(out)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+struct Replay<'c> {
+    runs: Vec<StreamRun<'c>>,
+    totals: Totals,
+    /// Keyed by "stream.filter\0values".
+    offenders: HashMap<String, Offender, RandomState>,
+    untracked_offenders: u64,
+    format: OutputFormat,
+    first_trigger: bool,
+    /// Reused buffer for offender keys.
+    key: String,
+}
+
+impl Replay<'_> {
+    fn file(&mut self, path: &Path, progress: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+        let input = open_input(path)?;
+        self.totals.files += 1;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let reference = input.mtime_ms.unwrap_or(now_ms);
+        let mut stamps = TimestampParser::new(reference);
+        let mut progress = Progress::new(
+            progress && std::io::stderr().is_terminal(),
+            input.total_bytes,
+        );
+        let raw_read = input.raw_bytes_read.clone();
+        let mut reader = LineReader::new(input.reader, MAX_LINE);
+        let mut time = reference.max(0) as u64;
+        let mut matches: Vec<LineMatch> = Vec::new();
+        let mut lossy = String::new();
+        let mut lines_here = 0u64;
+        while let Some(line) = reader.next_line()? {
+            lines_here += 1;
+            if line.truncated {
+                self.totals.oversized += 1;
+            }
+            match stamps.parse(line.bytes) {
+                Some(ms) => time = ms.max(0) as u64,
+                None => self.totals.no_timestamp += 1,
+            }
+            let (text, invalid) = line_text(line.bytes, &mut lossy);
+            if invalid {
+                self.totals.invalid_utf8 += 1;
+            }
+            for r in 0..self.runs.len() {
+                matches.clear();
+                let run = &mut self.runs[r];
+                if !run
+                    .stream
+                    .matcher
+                    .find(text, &mut run.scratch, &mut matches)
+                {
+                    continue;
+                }
+                for m in matches.drain(..) {
+                    self.on_match(r, m, time, out)?;
+                }
+            }
+            if lines_here & 0x3fff == 0 {
+                progress.update(raw_read.load(Ordering::Relaxed), lines_here);
+            }
+            self.totals.first_time.get_or_insert(time);
+            self.totals.last_time = Some(time);
+        }
+        progress.finish();
+        self.totals.lines += lines_here;
+        self.totals.bytes += reader.bytes_read();
+        Ok(())
+    }
+
+    fn on_match(
+        &mut self,
+        run_index: usize,
+        m: LineMatch,
+        time: u64,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let run = &mut self.runs[run_index];
+        let stats = &mut run.stats[m.filter];
+        let values = match m.outcome {
+            Ok(values) => values,
+            Err(ignored) => {
+                let reason = IgnoreReason::ALL
+                    .iter()
+                    .position(|r| *r == ignored.reason)
+                    .unwrap_or(0);
+                stats.ignored[reason] += 1;
+                return Ok(());
+            }
+        };
+        stats.matches += 1;
+        let stream = run.stream;
+        self.key.clear();
+        self.key.push_str(&stream.name);
+        self.key.push('.');
+        self.key.push_str(&stream.filters[m.filter].name);
+        self.key.push('\0');
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                self.key.push(' ');
+            }
+            self.key.push_str(value);
+        }
+        bump(
+            &mut self.offenders,
+            &mut self.untracked_offenders,
+            &self.key,
+            false,
+        );
+
+        let run = &mut self.runs[run_index];
+        let stats = &mut run.stats[m.filter];
+        let trigger = match run.deciders[m.filter].on_match(values, time) {
+            Decision::Counted { .. } => return Ok(()),
+            Decision::DuplicateIgnored => {
+                stats.duplicates_ignored += 1;
+                return Ok(());
+            }
+            Decision::Trigger(trigger) => trigger,
+        };
+        match trigger.kind {
+            TriggerKind::New => stats.triggers += 1,
+            TriggerKind::Rerun => stats.reruns += 1,
+            TriggerKind::Extend => stats.extended += 1,
+        }
+        for scheduled in &trigger.actions {
+            stats.actions[scheduled.action] += 1;
+        }
+        // An extension only pushes pending actions back: it is counted, not
+        // printed (a persistent attacker would otherwise print one record per
+        // line).
+        if trigger.kind == TriggerKind::Extend {
+            return Ok(());
+        }
+        bump(
+            &mut self.offenders,
+            &mut self.untracked_offenders,
+            &self.key,
+            true,
+        );
+        self.write_trigger(run_index, m.filter, &trigger, out)
+    }
+
+    fn write_trigger(
+        &mut self,
+        run_index: usize,
+        filter_index: usize,
+        trigger: &Trigger,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let stream = self.runs[run_index].stream;
+        let filter = &stream.filters[filter_index];
+        match self.format {
+            OutputFormat::Json => {
+                let record = TriggerRecord {
+                    time: format_time(trigger.time),
+                    stream: &stream.name,
+                    filter: &filter.name,
+                    kind: kind_name(trigger.kind),
+                    values: filter
+                        .pattern_names
+                        .iter()
+                        .map(String::as_str)
+                        .zip(trigger.values.iter().map(String::as_str))
+                        .collect(),
+                    actions: trigger
+                        .actions
+                        .iter()
+                        .map(|s| {
+                            let action = &filter.actions[s.action];
+                            ActionRecord {
+                                action: &action.name,
+                                at: format_time(s.at),
+                                cmd: action.render(&trigger.values),
+                            }
+                        })
+                        .collect(),
+                };
+                out.write_all(if self.first_trigger { b"\n" } else { b",\n" })?;
+                serde_json::to_writer(&mut *out, &record)?;
+            }
+            OutputFormat::Text => {
+                write!(
+                    out,
+                    "{} {}.{} {} {}",
+                    format_time(trigger.time),
+                    stream.name,
+                    filter.name,
+                    trigger.values.join(" "),
+                    kind_name(trigger.kind)
+                )?;
+                let mut sep = " ->";
+                for s in &trigger.actions {
+                    let action = &filter.actions[s.action];
+                    if s.at == trigger.time {
+                        write!(out, "{sep} {} now", action.name)?;
+                    } else {
+                        write!(out, "{sep} {} at {}", action.name, format_time(s.at))?;
+                    }
+                    sep = ",";
+                }
+                if trigger.actions.is_empty() {
+                    write!(out, " -> no action")?;
+                }
+                writeln!(out)?;
+            }
+        }
+        self.first_trigger = false;
+        Ok(())
+    }
+
+    fn filter_rows(&self) -> Vec<(String, &FilterStats, &crate::config::Filter)> {
+        let mut rows = Vec::new();
+        for run in &self.runs {
+            for (stats, filter) in run.stats.iter().zip(&run.stream.filters) {
+                rows.push((
+                    format!("{}.{}", run.stream.name, filter.name),
+                    stats,
+                    filter,
+                ));
+            }
+        }
+        rows
+    }
+
+    fn top_offenders(&self, limit: usize) -> Vec<(&str, &str, &Offender)> {
+        let mut all: Vec<(&str, &str, &Offender)> = self
+            .offenders
+            .iter()
+            .filter(|(_, o)| o.triggers > 0)
+            .map(|(k, o)| {
+                let (filter, values) = k.split_once('\0').unwrap_or((k.as_str(), ""));
+                (filter, values, o)
+            })
+            .collect();
+        all.sort_by(|a, b| {
+            (b.2.triggers, b.2.matches)
+                .cmp(&(a.2.triggers, a.2.matches))
+                .then_with(|| (a.0, a.1).cmp(&(b.0, b.1)))
+        });
+        all.truncate(limit);
+        all
+    }
+
+    fn summary_json(&self) -> Value {
+        let rows = self.filter_rows();
+        let mut filters = serde_json::Map::new();
+        let mut ignored_by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+        let (
+            mut matches,
+            mut ignored,
+            mut triggers,
+            mut extended,
+            mut reruns,
+            mut dups,
+            mut actions,
+        ) = (0, 0, 0, 0, 0, 0, 0);
+        for (name, stats, filter) in &rows {
+            let ignored_here: u64 = stats.ignored.iter().sum();
+            let mut reasons = serde_json::Map::new();
+            for (reason, count) in IgnoreReason::ALL.iter().zip(stats.ignored) {
+                if count > 0 {
+                    reasons.insert(reason.name().to_owned(), count.into());
+                    *ignored_by_reason.entry(reason.name()).or_default() += count;
+                }
+            }
+            let action_counts: serde_json::Map<String, Value> = filter
+                .actions
+                .iter()
+                .zip(&stats.actions)
+                .map(|(a, n)| (a.name.clone(), (*n).into()))
+                .collect();
+            let actions_here: u64 = stats.actions.iter().sum();
+            filters.insert(
+                name.clone(),
+                json!({
+                    "matches": stats.matches,
+                    "ignored": ignored_here,
+                    "ignored_by_reason": reasons,
+                    "triggers": stats.triggers + stats.reruns,
+                    "extended": stats.extended,
+                    "reruns": stats.reruns,
+                    "duplicates_ignored": stats.duplicates_ignored,
+                    "actions": action_counts,
+                }),
+            );
+            matches += stats.matches;
+            ignored += ignored_here;
+            triggers += stats.triggers + stats.reruns;
+            extended += stats.extended;
+            reruns += stats.reruns;
+            dups += stats.duplicates_ignored;
+            actions += actions_here;
+        }
+        let top: Vec<Value> = self
+            .top_offenders(20)
+            .into_iter()
+            .map(|(name, key, o)| {
+                json!({"name": name, "key": key, "triggers": o.triggers, "matches": o.matches})
+            })
+            .collect();
+        let t = &self.totals;
+        json!({
+            "files": t.files,
+            "lines": t.lines,
+            "bytes": t.bytes,
+            "lines_without_timestamp": t.no_timestamp,
+            "invalid_utf8_lines": t.invalid_utf8,
+            "oversized_lines": t.oversized,
+            "first_time": t.first_time.map(format_time),
+            "last_time": t.last_time.map(format_time),
+            "matches": matches,
+            "ignored": ignored,
+            "ignored_by_reason": ignored_by_reason,
+            "triggers": triggers,
+            "extended": extended,
+            "reruns": reruns,
+            "duplicates_ignored": dups,
+            "actions": actions,
+            "filters": filters,
+            "top_offenders": top,
+            "untracked_offenders": self.untracked_offenders,
+        })
+    }
+
+    fn write_text_summary(&self, out: &mut dyn Write) -> anyhow::Result<()> {
+        let s = self.summary_json();
+        let n = |key: &str| s[key].as_u64().unwrap_or(0);
+        writeln!(out)?;
+        writeln!(out, "== summary")?;
+        writeln!(
+            out,
+            "files {}  lines {}  bytes {}",
+            n("files"),
+            n("lines"),
+            n("bytes")
+        )?;
+        if let (Some(first), Some(last)) = (s["first_time"].as_str(), s["last_time"].as_str()) {
+            writeln!(out, "log time {first} .. {last}")?;
+        }
+        writeln!(
+            out,
+            "lines without timestamp {} (took the previous line's time)  invalid UTF-8 {}  over {} bytes {}",
+            n("lines_without_timestamp"),
+            n("invalid_utf8_lines"),
+            MAX_LINE,
+            n("oversized_lines")
+        )?;
+        write!(out, "matches {}  ignored {}", n("matches"), n("ignored"))?;
+        if let Some(reasons) = s["ignored_by_reason"].as_object()
+            && !reasons.is_empty()
+        {
+            let parts: Vec<String> = reasons.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            write!(out, " ({})", parts.join(", "))?;
+        }
+        writeln!(out)?;
+        writeln!(
+            out,
+            "triggers {}  extended {}  reruns {}  duplicates ignored {}  actions that would run {}",
+            n("triggers"),
+            n("extended"),
+            n("reruns"),
+            n("duplicates_ignored"),
+            n("actions")
+        )?;
+
+        let rows = self.filter_rows();
+        let width = rows
+            .iter()
+            .map(|(name, _, _)| name.len())
+            .max()
+            .unwrap_or(6)
+            .max(6);
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<width$} {:>10} {:>9} {:>9} {:>9} {:>9}",
+            "filter", "matches", "ignored", "triggers", "extended", "actions"
+        )?;
+        for (name, stats, _) in &rows {
+            writeln!(
+                out,
+                "{:<width$} {:>10} {:>9} {:>9} {:>9} {:>9}",
+                name,
+                stats.matches,
+                stats.ignored.iter().sum::<u64>(),
+                stats.triggers + stats.reruns,
+                stats.extended,
+                stats.actions.iter().sum::<u64>()
+            )?;
+        }
+
+        let top = self.top_offenders(10);
+        if !top.is_empty() {
+            let vwidth = top
+                .iter()
+                .map(|(_, v, _)| v.len())
+                .max()
+                .unwrap_or(5)
+                .max(5);
+            let fwidth = top
+                .iter()
+                .map(|(f, _, _)| f.len())
+                .max()
+                .unwrap_or(6)
+                .max(6);
+            writeln!(out)?;
+            writeln!(out, "top offenders")?;
+            writeln!(
+                out,
+                "{:<vwidth$} {:<fwidth$} {:>9} {:>10}",
+                "value", "filter", "triggers", "matches"
+            )?;
+            for (filter, values, o) in top {
+                writeln!(
+                    out,
+                    "{:<vwidth$} {:<fwidth$} {:>9} {:>10}",
+                    values, filter, o.triggers, o.matches
+                )?;
+            }
+        }
+        if self.untracked_offenders > 0 {
+            writeln!(
+                out,
+                "({} matches of values beyond the first {MAX_TRACKED_OFFENDERS} are not in the table)",
+                self.untracked_offenders
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// One trigger in `--format json` output.
+#[derive(Serialize)]
+struct TriggerRecord<'a> {
+    time: String,
+    stream: &'a str,
+    filter: &'a str,
+    kind: &'static str,
+    values: BTreeMap<&'a str, &'a str>,
+    actions: Vec<ActionRecord<'a>>,
+}
+
+#[derive(Serialize)]
+struct ActionRecord<'a> {
+    action: &'a str,
+    at: String,
+    cmd: Vec<String>,
+}
+
+fn bump(
+    map: &mut HashMap<String, Offender, RandomState>,
+    untracked: &mut u64,
+    key: &str,
+    trigger: bool,
+) {
+    if !map.contains_key(key) {
+        if map.len() >= MAX_TRACKED_OFFENDERS {
+            *untracked += 1;
+            return;
+        }
+        map.insert(key.to_owned(), Offender::default());
+    }
+    let Some(entry) = map.get_mut(key) else {
+        return;
+    };
+    if trigger {
+        entry.triggers += 1;
+    } else {
+        entry.matches += 1;
+    }
+}
+
+fn kind_name(kind: TriggerKind) -> &'static str {
+    match kind {
+        TriggerKind::New => "new",
+        TriggerKind::Extend => "extend",
+        TriggerKind::Rerun => "rerun",
+    }
+}
+
+/// RFC 3339 UTC with milliseconds when they are not zero.
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let millis = ms % 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+    if millis == 0 {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
+    } else {
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_as_rfc3339_utc() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_time(1_717_243_200_123), "2024-06-01T12:00:00.123Z");
+    }
+}

@@ -1,0 +1,1133 @@
+//! Validation and compilation of a merged configuration tree.
+//!
+//! One walk over the [`Node`] tree checks every key against reaction v2's
+//! reference, collects every problem with its location and key path (the
+//! walk continues after an error so all of them are reported at once), and
+//! compiles what is valid: patterns, one [`StreamMatcher`] per stream, filter
+//! plans and action argv templates.
+//!
+//! Where the reference only says an option "makes sense" in some context,
+//! using it elsewhere is an error here: a key that silently does nothing is
+//! a mistake a user cannot see.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use rebuff_engine::matcher::{expand, placeholders};
+use rebuff_engine::{
+    ActionSpec, DuplicatePolicy, FilterPlan, FilterSpec, IpOnly, Pattern, PatternError,
+    PatternKind, PatternSpec, Patterns, StreamMatcher, parse_duration,
+};
+
+use super::tree::{Key, Loc, Node, Value};
+use super::{Action, ArgPart, ArgTemplate, Config, ConfigError, ConfigErrors, Filter, Stream};
+
+const TOP_KEYS: &[&str] = &[
+    "patterns",
+    "streams",
+    "start",
+    "stop",
+    "state_directory",
+    "concurrency",
+    "state_rotation_interval",
+    "plugins",
+];
+const PATTERN_KEYS: &[&str] = &[
+    "regex",
+    "ignore",
+    "ignoreregex",
+    "type",
+    "ignorecidr",
+    "ipv4mask",
+    "ipv6mask",
+];
+const STREAM_KEYS: &[&str] = &["cmd", "filters", "type", "options"];
+const FILTER_KEYS: &[&str] = &[
+    "regex",
+    "retry",
+    "retryperiod",
+    "duplicate",
+    "duplicates",
+    "actions",
+    "type",
+    "options",
+];
+const ACTION_KEYS: &[&str] = &[
+    "cmd", "after", "onexit", "oneshot", "ipv4only", "ipv6only", "type", "options",
+];
+const PLUGIN_KEYS: &[&str] = &["path", "check_root", "systemd", "systemd_options"];
+
+/// Default and minimum of `state_rotation_interval`, as in reaction.
+const ROTATION_DEFAULT_MS: u64 = 24 * 3_600_000;
+const ROTATION_MIN_MS: u64 = 30 * 60_000;
+
+/// Validates and compiles a merged configuration tree.
+pub fn compile(root: &Node) -> Result<Config, ConfigErrors> {
+    let mut check = Checker::default();
+    let config = check.config(root);
+    if !check.errors.is_empty() {
+        return Err(ConfigErrors(check.errors));
+    }
+    config.ok_or_else(|| {
+        ConfigErrors(vec![ConfigError {
+            loc: Some(root.loc.clone()),
+            path: String::new(),
+            message: "invalid configuration".into(),
+        }])
+    })
+}
+
+/// Converts a tree to JSON, keeping key order (for `test-config`).
+pub fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &node.value {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::Str(s) => J::String(s.clone()),
+        Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(entries) => J::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.name.clone(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+type Entries = [(Key, Node)];
+
+#[derive(Default)]
+struct Checker {
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn get<'a>(entries: &'a Entries, name: &str) -> Option<&'a Node> {
+    entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| v)
+}
+
+fn key_loc<'a>(entries: &'a Entries, name: &str) -> Option<&'a Loc> {
+    entries
+        .iter()
+        .find(|(k, _)| k.name == name)
+        .map(|(k, _)| &k.loc)
+}
+
+fn is_word(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl Checker {
+    fn error(&mut self, loc: &Loc, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            loc: Some(loc.clone()),
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn warn(&mut self, loc: &Loc, path: &str, message: impl Into<String>) {
+        self.warnings.push(ConfigError {
+            loc: Some(loc.clone()),
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn map<'a>(&mut self, node: &'a Node, path: &str, what: &str) -> Option<&'a Entries> {
+        match &node.value {
+            Value::Map(entries) => Some(entries),
+            other => {
+                self.error(
+                    &node.loc,
+                    path,
+                    format!("expected {what}, found {}", other.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports keys not in `known`, suggesting the closest known one.
+    fn known_keys(&mut self, entries: &Entries, path: &str, known: &[&str]) {
+        for (key, _) in entries {
+            if known.contains(&key.name.as_str()) {
+                continue;
+            }
+            let closest = known
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(k, &key.name), *k))
+                .min()
+                .filter(|&(distance, k)| distance <= 2.max(k.len() / 4));
+            let hint = match closest {
+                Some((_, k)) => format!("; did you mean '{k}'?"),
+                None => String::new(),
+            };
+            self.error(
+                &key.loc,
+                &join(path, &key.name),
+                format!(
+                    "unknown key '{}'{hint} (accepted here: {})",
+                    key.name,
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) => Some(s.clone()),
+            other => {
+                self.error(
+                    &node.loc,
+                    path,
+                    format!("expected a string, found {}", other.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match &node.value {
+            Value::Bool(b) => Some(*b),
+            other => {
+                self.error(
+                    &node.loc,
+                    path,
+                    format!("expected true or false, found {}", other.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, node: &Node, path: &str) -> Option<i64> {
+        match &node.value {
+            Value::Int(i) => Some(*i),
+            other => {
+                self.error(
+                    &node.loc,
+                    path,
+                    format!("expected a whole number, found {}", other.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    fn seq<'a>(&mut self, node: &'a Node, path: &str, what: &str) -> Option<&'a [Node]> {
+        match &node.value {
+            Value::Seq(items) => Some(items),
+            other => {
+                self.error(
+                    &node.loc,
+                    path,
+                    format!("expected {what}, found {}", other.kind_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A list of strings, with each element's node.
+    fn strings<'a>(&mut self, node: &'a Node, path: &str) -> Option<Vec<(String, &'a Node)>> {
+        let items = self.seq(node, path, "a list of strings")?;
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.string(item, &format!("{path}[{i}]")) {
+                Some(s) => out.push((s, item)),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A command: a non-empty argv list whose program is not empty.
+    fn command(&mut self, node: &Node, path: &str) -> Option<Vec<String>> {
+        let argv = self.strings(node, path)?;
+        match argv.first() {
+            None => {
+                self.error(
+                    &node.loc,
+                    path,
+                    "a command needs at least the program to run, e.g. ['iptables', '-w', ...]",
+                );
+                None
+            }
+            Some((program, item)) if program.is_empty() => {
+                self.error(
+                    &item.loc,
+                    &format!("{path}[0]"),
+                    "the program name is empty",
+                );
+                None
+            }
+            Some(_) => Some(argv.into_iter().map(|(s, _)| s).collect()),
+        }
+    }
+
+    fn commands(&mut self, node: &Node, path: &str) -> Vec<Vec<String>> {
+        let Some(items) = self.seq(node, path, "a list of commands (each a list of strings)")
+        else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| self.command(item, &format!("{path}[{i}]")))
+            .collect()
+    }
+
+    fn duration(&mut self, node: &Node, path: &str) -> Option<u64> {
+        let text = self.string(node, path)?;
+        match parse_duration(&text) {
+            Ok(ms) => Some(ms),
+            Err(e) => {
+                self.error(&node.loc, path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, root: &Node) -> Option<Config> {
+        let entries = self.map(root, "", "a map at the top level")?;
+        self.known_keys(entries, "", TOP_KEYS);
+
+        let patterns = self.patterns(entries, root);
+        if let Some(node) = get(entries, "plugins") {
+            self.plugins(node);
+        }
+        let streams = self.streams(entries, root, &patterns);
+        let start = get(entries, "start").map_or_else(Vec::new, |n| self.commands(n, "start"));
+        let stop = get(entries, "stop").map_or_else(Vec::new, |n| self.commands(n, "stop"));
+        let state_directory = get(entries, "state_directory")
+            .and_then(|n| self.string(n, "state_directory"))
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        let concurrency = get(entries, "concurrency")
+            .and_then(|n| self.int(n, "concurrency"))
+            .unwrap_or(0);
+        let state_rotation_interval = self.rotation(entries);
+
+        Some(Config {
+            document: to_json(root),
+            patterns,
+            streams,
+            start,
+            stop,
+            state_directory,
+            concurrency,
+            state_rotation_interval,
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+
+    fn rotation(&mut self, entries: &Entries) -> Option<u64> {
+        const PATH: &str = "state_rotation_interval";
+        let Some(node) = get(entries, PATH) else {
+            return Some(ROTATION_DEFAULT_MS);
+        };
+        if node.value == Value::Null {
+            return None;
+        }
+        let ms = self.duration(node, PATH)?;
+        if ms < ROTATION_MIN_MS {
+            self.error(
+                &node.loc,
+                PATH,
+                "the minimum is 30m (use null to disable rotation)",
+            );
+            return None;
+        }
+        Some(ms)
+    }
+
+    fn patterns(&mut self, entries: &Entries, root: &Node) -> Patterns {
+        let Some(node) = get(entries, "patterns") else {
+            return Patterns::default();
+        };
+        let Some(defs) = self.map(node, "patterns", "a map of pattern names to patterns") else {
+            return Patterns::default();
+        };
+        let _ = root;
+        let mut compiled = Vec::new();
+        for (key, def) in defs {
+            let path = join("patterns", &key.name);
+            if !is_word(&key.name) {
+                self.error(
+                    &key.loc,
+                    &path,
+                    "a pattern name may only hold letters, digits and '_' (it is written <name> in regexes)",
+                );
+                continue;
+            }
+            if let Some(pattern) = self.pattern(&key.name, def, &path) {
+                compiled.push(pattern);
+            }
+        }
+        Patterns::new(compiled)
+    }
+
+    fn pattern(&mut self, name: &str, def: &Node, path: &str) -> Option<Pattern> {
+        let entries = self.map(def, path, "a pattern (a map with 'regex' or 'type')")?;
+        self.known_keys(entries, path, PATTERN_KEYS);
+        let errors_before = self.errors.len();
+
+        let kind = match get(entries, "type") {
+            None => PatternKind::Regex,
+            Some(node) => match self.string(node, &join(path, "type")).as_deref() {
+                Some("regex") => PatternKind::Regex,
+                Some("ip") => PatternKind::Ip,
+                Some("ipv4") => PatternKind::Ipv4,
+                Some("ipv6") => PatternKind::Ipv6,
+                Some(other) => {
+                    self.error(
+                        &node.loc,
+                        &join(path, "type"),
+                        format!("unknown pattern type '{other}' (accepted: regex, ip, ipv4, ipv6)"),
+                    );
+                    PatternKind::Regex
+                }
+                None => PatternKind::Regex,
+            },
+        };
+        let regex = get(entries, "regex").and_then(|n| self.string(n, &join(path, "regex")));
+        if kind.is_ip()
+            && let (Some(_), Some(loc)) = (&regex, key_loc(entries, "regex"))
+        {
+            self.warn(
+                loc,
+                &join(path, "regex"),
+                format!("ignored: type {} brings its own regex", kind.name()),
+            );
+        }
+        if kind == PatternKind::Regex && regex.is_none() && get(entries, "regex").is_none() {
+            self.error(
+                &def.loc,
+                path,
+                "a pattern needs a 'regex', or a 'type' among ip, ipv4, ipv6",
+            );
+        }
+        if let (Some(re), Some(node)) = (&regex, get(entries, "regex"))
+            && kind == PatternKind::Regex
+            && let Err(e) = regex::Regex::new(re)
+        {
+            self.error(
+                &node.loc,
+                &join(path, "regex"),
+                format!("invalid regex: {e}"),
+            );
+        }
+
+        let ignore = self.string_list(entries, path, "ignore");
+        let ignore_regex = self.string_list(entries, path, "ignoreregex");
+        if let Some(node) = get(entries, "ignoreregex")
+            && let Value::Seq(items) = &node.value
+        {
+            for (i, (re, item)) in ignore_regex.iter().zip(items).enumerate() {
+                if let Err(e) = regex::Regex::new(re) {
+                    self.error(
+                        &item.loc,
+                        &format!("{path}.ignoreregex[{i}]"),
+                        format!("invalid regex: {e}"),
+                    );
+                }
+            }
+        }
+        let ignore_cidr = self.cidrs(entries, path, kind);
+        let ipv4_mask = self.mask(entries, path, "ipv4mask", 32, kind, PatternKind::Ipv6);
+        let ipv6_mask = self.mask(entries, path, "ipv6mask", 128, kind, PatternKind::Ipv4);
+
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let spec = PatternSpec {
+            name: name.to_owned(),
+            kind,
+            regex,
+            ignore,
+            ignore_regex,
+            ignore_cidr,
+            ipv4_mask,
+            ipv6_mask,
+        };
+        match Pattern::compile(spec) {
+            Ok(pattern) => Some(pattern),
+            Err(e) => {
+                let key = match &e {
+                    PatternError::MissingRegex => None,
+                    PatternError::Regex(_) => Some("regex"),
+                    PatternError::IgnoreRegex(_) => Some("ignoreregex"),
+                    PatternError::NotForKind { key, .. } | PatternError::MaskRange { key, .. } => {
+                        Some(*key)
+                    }
+                };
+                let loc = key
+                    .and_then(|k| key_loc(entries, k))
+                    .unwrap_or(&def.loc)
+                    .clone();
+                let path = key.map_or_else(|| path.to_owned(), |k| join(path, k));
+                self.error(&loc, &path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, entries: &Entries, path: &str, key: &str) -> Vec<String> {
+        get(entries, key)
+            .and_then(|n| self.strings(n, &join(path, key)))
+            .map(|items| items.into_iter().map(|(s, _)| s).collect())
+            .unwrap_or_default()
+    }
+
+    fn cidrs(&mut self, entries: &Entries, path: &str, kind: PatternKind) -> Vec<IpNet> {
+        let Some(node) = get(entries, "ignorecidr") else {
+            return Vec::new();
+        };
+        let key_path = join(path, "ignorecidr");
+        if !kind.is_ip() {
+            self.error(
+                &node.loc,
+                &key_path,
+                "ignorecidr is only allowed on patterns of type ip, ipv4 or ipv6",
+            );
+            return Vec::new();
+        }
+        let Some(items) = self.strings(node, &key_path) else {
+            return Vec::new();
+        };
+        let mut nets = Vec::new();
+        for (i, (text, item)) in items.into_iter().enumerate() {
+            // A bare address is accepted as a single-host network.
+            let parsed = text
+                .parse::<IpNet>()
+                .ok()
+                .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
+            match parsed {
+                Some(net) => nets.push(net),
+                None => self.error(
+                    &item.loc,
+                    &format!("{key_path}[{i}]"),
+                    format!("'{text}' is not a network in CIDR notation (e.g. 192.168.1.0/24, 2001:db8::/64)"),
+                ),
+            }
+        }
+        nets
+    }
+
+    fn mask(
+        &mut self,
+        entries: &Entries,
+        path: &str,
+        key: &str,
+        max: i64,
+        kind: PatternKind,
+        incompatible: PatternKind,
+    ) -> Option<u8> {
+        let node = get(entries, key)?;
+        let key_path = join(path, key);
+        let value = self.int(node, &key_path)?;
+        if kind == PatternKind::Regex || kind == incompatible {
+            let allowed = if incompatible == PatternKind::Ipv6 {
+                "ip or ipv4"
+            } else {
+                "ip or ipv6"
+            };
+            self.error(
+                &node.loc,
+                &key_path,
+                format!(
+                    "{key} is only allowed on patterns of type {allowed}, not on type {}",
+                    kind.name()
+                ),
+            );
+            return None;
+        }
+        if !(0..=max).contains(&value) {
+            self.error(
+                &node.loc,
+                &key_path,
+                format!("{key} must be between 0 and {max}, found {value}"),
+            );
+            return None;
+        }
+        u8::try_from(value).ok()
+    }
+
+    fn plugins(&mut self, node: &Node) {
+        let Some(defs) = self.map(node, "plugins", "a map of plugin names to plugins") else {
+            return;
+        };
+        for (key, def) in defs {
+            let path = join("plugins", &key.name);
+            let Some(entries) = self.map(def, &path, "a plugin (a map with 'path')") else {
+                continue;
+            };
+            self.known_keys(entries, &path, PLUGIN_KEYS);
+            match get(entries, "path") {
+                Some(n) => {
+                    self.string(n, &join(&path, "path"));
+                }
+                None => self.error(&def.loc, &path, "a plugin needs a 'path'"),
+            }
+            for flag in ["check_root", "systemd"] {
+                if let Some(n) = get(entries, flag) {
+                    self.bool(n, &join(&path, flag));
+                }
+            }
+            if let Some(n) = get(entries, "systemd_options") {
+                let opt_path = join(&path, "systemd_options");
+                if let Some(options) =
+                    self.map(n, &opt_path, "a map of option names to lists of strings")
+                {
+                    for (k, v) in options {
+                        self.strings(v, &join(&opt_path, &k.name));
+                    }
+                }
+            }
+        }
+    }
+
+    fn plugin_type(&mut self, entries: &Entries, path: &str, default: &str, what: &str) -> bool {
+        let Some(node) = get(entries, "type") else {
+            if let Some(loc) = key_loc(entries, "options") {
+                self.error(
+                    loc,
+                    &join(path, "options"),
+                    format!(
+                        "options are only for plugin {what} types, and this {what} has no 'type'"
+                    ),
+                );
+                return false;
+            }
+            return true;
+        };
+        let type_path = join(path, "type");
+        let Some(name) = self.string(node, &type_path) else {
+            return false;
+        };
+        if name == default {
+            if let Some(loc) = key_loc(entries, "options") {
+                self.error(
+                    loc,
+                    &join(path, "options"),
+                    format!("options are only for plugin {what} types, not for type '{default}'"),
+                );
+                return false;
+            }
+            return true;
+        }
+        self.error(
+            &node.loc,
+            &type_path,
+            format!(
+                "{what} type '{name}' would come from a reaction plugin, and rebuff does not run reaction plugins (accepted: {default})"
+            ),
+        );
+        false
+    }
+
+    fn streams(&mut self, entries: &Entries, root: &Node, patterns: &Patterns) -> Vec<Stream> {
+        let Some(node) = get(entries, "streams") else {
+            self.error(&root.loc, "streams", "at least one stream is required");
+            return Vec::new();
+        };
+        let Some(defs) = self.map(node, "streams", "a map of stream names to streams") else {
+            return Vec::new();
+        };
+        if defs.is_empty() {
+            self.error(&node.loc, "streams", "at least one stream is required");
+        }
+        let mut streams = Vec::new();
+        for (key, def) in defs {
+            let path = join("streams", &key.name);
+            if key.name.is_empty() || key.name.contains('.') {
+                self.error(
+                    &key.loc,
+                    &path,
+                    "a stream name must be non-empty and contain no '.' (the CLI writes STREAM.FILTER)",
+                );
+                continue;
+            }
+            if let Some(stream) = self.stream(&key.name, def, &path, patterns) {
+                streams.push(stream);
+            }
+        }
+        streams
+    }
+
+    fn stream(
+        &mut self,
+        name: &str,
+        def: &Node,
+        path: &str,
+        patterns: &Patterns,
+    ) -> Option<Stream> {
+        let entries = self.map(def, path, "a stream (a map with 'cmd' and 'filters')")?;
+        self.known_keys(entries, path, STREAM_KEYS);
+        let errors_before = self.errors.len();
+        self.plugin_type(entries, path, "cmd", "stream");
+        let cmd = match get(entries, "cmd") {
+            Some(n) => self.command(n, &join(path, "cmd")),
+            None => {
+                self.error(&def.loc, path, "a stream needs a 'cmd'");
+                None
+            }
+        };
+        let mut filters = Vec::new();
+        let mut specs = Vec::new();
+        match get(entries, "filters") {
+            None => self.error(
+                &def.loc,
+                path,
+                "a stream needs at least one filter in 'filters'",
+            ),
+            Some(node) => {
+                let filters_path = join(path, "filters");
+                if let Some(defs) =
+                    self.map(node, &filters_path, "a map of filter names to filters")
+                {
+                    if defs.is_empty() {
+                        self.error(
+                            &node.loc,
+                            &filters_path,
+                            "a stream needs at least one filter",
+                        );
+                    }
+                    for (key, fdef) in defs {
+                        let fpath = join(&filters_path, &key.name);
+                        if key.name.is_empty() || key.name.contains('.') {
+                            self.error(
+                                &key.loc,
+                                &fpath,
+                                "a filter name must be non-empty and contain no '.' (the CLI writes STREAM.FILTER)",
+                            );
+                            continue;
+                        }
+                        if let Some((spec, filter)) = self.filter(&key.name, fdef, &fpath, patterns)
+                        {
+                            specs.push(spec);
+                            filters.push(filter);
+                        }
+                    }
+                }
+            }
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        match StreamMatcher::new(patterns, &specs) {
+            Ok(matcher) => Some(Stream {
+                name: name.to_owned(),
+                cmd: cmd?,
+                matcher,
+                filters,
+            }),
+            Err(e) => {
+                self.error(&def.loc, path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn filter(
+        &mut self,
+        name: &str,
+        def: &Node,
+        path: &str,
+        patterns: &Patterns,
+    ) -> Option<(FilterSpec, Filter)> {
+        let entries = self.map(def, path, "a filter (a map with 'regex' and 'actions')")?;
+        self.known_keys(entries, path, FILTER_KEYS);
+        let errors_before = self.errors.len();
+
+        if let Some(node) = get(entries, "type") {
+            let type_path = join(path, "type");
+            match self.string(node, &type_path).as_deref() {
+                Some("regex") | None => {}
+                Some("struct") => self.error(
+                    &node.loc,
+                    &type_path,
+                    "filter type 'struct' (reaction 2.4) is not supported by rebuff yet (accepted: regex)",
+                ),
+                Some(other) => self.error(
+                    &node.loc,
+                    &type_path,
+                    format!("unknown filter type '{other}' (accepted: regex)"),
+                ),
+            }
+        }
+        if let (Some(loc), None) = (key_loc(entries, "options"), get(entries, "type")) {
+            self.error(
+                loc,
+                &join(path, "options"),
+                "options are only for filters of type struct",
+            );
+        }
+
+        let names = self.filter_regexes(entries, def, path, patterns);
+
+        let retry = get(entries, "retry").and_then(|n| self.int(n, &join(path, "retry")));
+        let period =
+            get(entries, "retryperiod").and_then(|n| self.duration(n, &join(path, "retryperiod")));
+        match (get(entries, "retry"), get(entries, "retryperiod")) {
+            (Some(node), None) => self.error(
+                &node.loc,
+                &join(path, "retry"),
+                "retry must come with retryperiod (how long a match counts)",
+            ),
+            (None, Some(node)) => self.error(
+                &node.loc,
+                &join(path, "retryperiod"),
+                "retryperiod must come with retry (how many matches trigger)",
+            ),
+            _ => {}
+        }
+        if let (Some(r), Some(node)) = (retry, get(entries, "retry"))
+            && r <= 1
+        {
+            self.error(
+                &node.loc,
+                &join(path, "retry"),
+                format!("retry must be greater than 1, found {r} (leave retry and retryperiod out to trigger on every match)"),
+            );
+        }
+        if let (Some(0), Some(node)) = (period, get(entries, "retryperiod")) {
+            self.error(
+                &node.loc,
+                &join(path, "retryperiod"),
+                "retryperiod must be longer than 0, or no match would ever count",
+            );
+        }
+
+        let duplicate = self.duplicate(entries, path);
+
+        let ip_slot = names.as_ref().and_then(|names| {
+            names
+                .iter()
+                .position(|n| patterns.get(n).is_some_and(|(_, p)| p.kind().is_ip()))
+        });
+        let mut action_specs = Vec::new();
+        let mut actions = Vec::new();
+        if let Some(node) = get(entries, "actions") {
+            let apath = join(path, "actions");
+            if let Some(defs) = self.map(node, &apath, "a map of action names to actions") {
+                for (key, adef) in defs {
+                    let action_path = join(&apath, &key.name);
+                    if let Some((spec, action)) = self.action(
+                        &key.name,
+                        adef,
+                        &action_path,
+                        names.as_deref().unwrap_or(&[]),
+                        ip_slot,
+                        patterns,
+                    ) {
+                        action_specs.push(spec);
+                        actions.push(action);
+                    }
+                }
+            }
+        }
+
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let regexes = self
+            .strings(get(entries, "regex")?, &join(path, "regex"))?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let plan = FilterPlan {
+            retry: retry.and_then(|r| u32::try_from(r).ok()).unwrap_or(1),
+            retry_period: period.unwrap_or(0),
+            duplicate,
+            actions: action_specs,
+            ip_slot,
+        };
+        Some((
+            FilterSpec {
+                name: name.to_owned(),
+                regexes,
+            },
+            Filter {
+                name: name.to_owned(),
+                pattern_names: names.unwrap_or_default(),
+                plan,
+                actions,
+            },
+        ))
+    }
+
+    /// Checks a filter's regexes; returns the sorted pattern names they use.
+    fn filter_regexes(
+        &mut self,
+        entries: &Entries,
+        def: &Node,
+        path: &str,
+        patterns: &Patterns,
+    ) -> Option<Vec<String>> {
+        let rpath = join(path, "regex");
+        let Some(node) = get(entries, "regex") else {
+            self.error(&def.loc, path, "a filter needs a 'regex' list");
+            return None;
+        };
+        let items = self.strings(node, &rpath)?;
+        if items.is_empty() {
+            self.error(&node.loc, &rpath, "a filter needs at least one regex");
+            return None;
+        }
+        let mut first: Option<(Vec<String>, usize)> = None;
+        let mut ok = true;
+        for (i, (text, item)) in items.iter().enumerate() {
+            let item_path = format!("{rpath}[{i}]");
+            let unknown: Vec<&str> = placeholders(text)
+                .into_iter()
+                .map(|(_, name)| name)
+                .filter(|name| patterns.get(name).is_none())
+                .collect();
+            if !unknown.is_empty() {
+                let defined: Vec<&str> = patterns.iter().map(|p| p.name()).collect();
+                self.error(
+                    &item.loc,
+                    &item_path,
+                    format!(
+                        "<{}> names no pattern (defined patterns: {})",
+                        unknown.join(">, <"),
+                        if defined.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            defined.join(", ")
+                        }
+                    ),
+                );
+                ok = false;
+                continue;
+            }
+            let expanded = match expand(text, patterns) {
+                Ok(e) => e,
+                Err(name) => {
+                    self.error(&item.loc, &item_path, format!("<{name}> names no pattern"));
+                    ok = false;
+                    continue;
+                }
+            };
+            if let Err(e) = regex::Regex::new(&expanded.regex) {
+                self.error(&item.loc, &item_path, format!("invalid regex: {e}"));
+                ok = false;
+                continue;
+            }
+            match &first {
+                None => first = Some((expanded.names, i)),
+                Some((names, j)) if *names != expanded.names => {
+                    let show = |n: &[String]| {
+                        if n.is_empty() {
+                            "no pattern".to_owned()
+                        } else {
+                            format!("<{}>", n.join(">, <"))
+                        }
+                    };
+                    self.error(
+                        &item.loc,
+                        &item_path,
+                        format!(
+                            "all regexes of a filter must use the same patterns: this one uses {}, regex[{j}] uses {}",
+                            show(&expanded.names),
+                            show(names)
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(_) => {}
+            }
+        }
+        if ok {
+            first.map(|(names, _)| names)
+        } else {
+            None
+        }
+    }
+
+    fn duplicate(&mut self, entries: &Entries, path: &str) -> DuplicatePolicy {
+        let (key, node) = match (get(entries, "duplicate"), get(entries, "duplicates")) {
+            (None, None) => return DuplicatePolicy::default(),
+            (Some(n), None) => ("duplicate", n),
+            (None, Some(n)) => ("duplicates", n),
+            (Some(_), Some(n)) => {
+                self.error(
+                    &n.loc,
+                    &join(path, "duplicates"),
+                    "'duplicate' and its alias 'duplicates' are both set; keep one",
+                );
+                return DuplicatePolicy::default();
+            }
+        };
+        let key_path = join(path, key);
+        match self.string(node, &key_path).as_deref() {
+            Some("extend") => DuplicatePolicy::Extend,
+            Some("rerun") => DuplicatePolicy::Rerun,
+            Some("ignore") => DuplicatePolicy::Ignore,
+            Some(other) => {
+                self.error(
+                    &node.loc,
+                    &key_path,
+                    format!("unknown duplicate policy '{other}' (accepted: extend, rerun, ignore)"),
+                );
+                DuplicatePolicy::default()
+            }
+            None => DuplicatePolicy::default(),
+        }
+    }
+
+    fn action(
+        &mut self,
+        name: &str,
+        def: &Node,
+        path: &str,
+        filter_patterns: &[String],
+        ip_slot: Option<usize>,
+        patterns: &Patterns,
+    ) -> Option<(ActionSpec, Action)> {
+        let entries = self.map(def, path, "an action (a map with 'cmd')")?;
+        self.known_keys(entries, path, ACTION_KEYS);
+        let errors_before = self.errors.len();
+        self.plugin_type(entries, path, "cmd", "action");
+
+        let cmd = match get(entries, "cmd") {
+            Some(node) => self.action_cmd(node, &join(path, "cmd"), filter_patterns, patterns),
+            None => {
+                self.error(&def.loc, path, "an action needs a 'cmd'");
+                None
+            }
+        };
+        let after = get(entries, "after").and_then(|n| self.duration(n, &join(path, "after")));
+        let flag = |this: &mut Self, key: &str| {
+            get(entries, key)
+                .and_then(|n| this.bool(n, &join(path, key)))
+                .unwrap_or(false)
+        };
+        let onexit = flag(self, "onexit");
+        let oneshot = flag(self, "oneshot");
+        let v4 = flag(self, "ipv4only");
+        let v6 = flag(self, "ipv6only");
+
+        if onexit && get(entries, "after").is_none() {
+            let loc = key_loc(entries, "onexit").unwrap_or(&def.loc).clone();
+            self.error(
+                &loc,
+                &join(path, "onexit"),
+                "onexit only applies to delayed actions: set 'after' too, or remove onexit",
+            );
+        }
+        if v4 && v6 {
+            let loc = key_loc(entries, "ipv6only").unwrap_or(&def.loc).clone();
+            self.error(
+                &loc,
+                &join(path, "ipv6only"),
+                "ipv4only and ipv6only exclude each other; an action with both would never run",
+            );
+        }
+        for (set, key) in [(v4, "ipv4only"), (v6, "ipv6only")] {
+            if set && ip_slot.is_none() {
+                let loc = key_loc(entries, key).unwrap_or(&def.loc).clone();
+                self.error(
+                    &loc,
+                    &join(path, key),
+                    format!(
+                        "{key} needs a pattern of type ip, ipv4 or ipv6 in the filter's regexes"
+                    ),
+                );
+            }
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let ip_only = match (v4, v6) {
+            (true, _) => Some(IpOnly::V4),
+            (_, true) => Some(IpOnly::V6),
+            _ => None,
+        };
+        Some((
+            ActionSpec {
+                name: name.to_owned(),
+                after,
+                onexit,
+                oneshot,
+                ip_only,
+            },
+            Action {
+                name: name.to_owned(),
+                cmd: cmd?,
+            },
+        ))
+    }
+
+    /// Compiles an action's argv. `<name>` of a pattern the filter captures
+    /// becomes a hole; `<name>` of a pattern the filter does not capture is
+    /// an error (it could never be filled); other `<...>` text is literal.
+    fn action_cmd(
+        &mut self,
+        node: &Node,
+        path: &str,
+        filter_patterns: &[String],
+        patterns: &Patterns,
+    ) -> Option<Vec<ArgTemplate>> {
+        let argv = self.command(node, path)?;
+        let Value::Seq(items) = &node.value else {
+            return None;
+        };
+        let mut out = Vec::with_capacity(argv.len());
+        let mut ok = true;
+        for (i, (arg, item)) in argv.iter().zip(items).enumerate() {
+            let mut parts = Vec::new();
+            let mut last = 0;
+            for (range, word) in placeholders(arg) {
+                if let Some(slot) = filter_patterns.iter().position(|p| p == word) {
+                    if range.start > last {
+                        parts.push(ArgPart::Text(arg[last..range.start].to_owned()));
+                    }
+                    parts.push(ArgPart::Value(slot));
+                    last = range.end;
+                } else if patterns.get(word).is_some() {
+                    let captured: BTreeSet<&str> =
+                        filter_patterns.iter().map(String::as_str).collect();
+                    self.error(
+                        &item.loc,
+                        &format!("{path}[{i}]"),
+                        format!(
+                            "<{word}> is not captured by this filter's regexes (they capture: {})",
+                            if captured.is_empty() {
+                                "nothing".to_owned()
+                            } else {
+                                captured
+                                    .into_iter()
+                                    .map(|n| format!("<{n}>"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            }
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            if last < arg.len() || parts.is_empty() {
+                parts.push(ArgPart::Text(arg[last..].to_owned()));
+            }
+            out.push(ArgTemplate { parts });
+        }
+        ok.then_some(out)
+    }
+}
