@@ -148,6 +148,11 @@ pub fn expand(text: &str, patterns: &Patterns) -> Result<ExpandedRegex, String> 
 struct CaptureRegex {
     filter: usize,
     regex: Regex,
+    /// The same regex compiled without Unicode classes, used on ASCII lines.
+    /// On an ASCII haystack `.`, `\d`, `\w`, `\s` and case folding mean
+    /// exactly what their Unicode forms mean, and the much smaller automaton
+    /// makes capture extraction several times cheaper.
+    ascii: Option<Regex>,
     /// (capture group index, position in the filter's values) per placeholder.
     slots: Vec<(usize, usize)>,
 }
@@ -168,6 +173,15 @@ pub struct StreamMatcher {
     patterns: Patterns,
 }
 
+fn same_groups(unicode: &Regex, ascii: &Regex, slots: &[(usize, usize)]) -> bool {
+    let (u, a) = (unicode.group_info(), ascii.group_info());
+    u.all_group_len() == a.all_group_len()
+        && slots.iter().all(|&(group, _)| {
+            u.to_name(regex_automata::PatternID::ZERO, group)
+                == a.to_name(regex_automata::PatternID::ZERO, group)
+        })
+}
+
 /// Per-caller scratch space, so matching never allocates for a line that
 /// matches nothing and never contends on a shared cache.
 #[derive(Debug)]
@@ -176,6 +190,7 @@ pub struct MatchScratch {
     hits: PatternSet,
     caches: Vec<meta::Cache>,
     captures: Vec<Captures>,
+    ascii_caches: Vec<Option<meta::Cache>>,
 }
 
 fn syntax_config() -> syntax::Config {
@@ -239,7 +254,7 @@ impl StreamMatcher {
                     message: e.to_string(),
                 })?;
             let info = &infos[*filter_index];
-            let slots = expanded
+            let slots: Vec<(usize, usize)> = expanded
                 .groups
                 .iter()
                 .filter_map(|(group, pattern)| {
@@ -250,9 +265,16 @@ impl StreamMatcher {
                     Some((group_index, slot))
                 })
                 .collect();
+            let ascii = Regex::builder()
+                .syntax(syntax_config().unicode(false).utf8(false))
+                .configure(Regex::config().nfa_size_limit(Some(64 << 20)))
+                .build(&expanded.regex)
+                .ok()
+                .filter(|ascii| same_groups(&regex, ascii, &slots));
             regexes.push(CaptureRegex {
                 filter: *filter_index,
                 regex,
+                ascii,
                 slots,
             });
         }
@@ -300,6 +322,11 @@ impl StreamMatcher {
                 .iter()
                 .map(|r| r.regex.create_captures())
                 .collect(),
+            ascii_caches: self
+                .regexes
+                .iter()
+                .map(|r| r.ascii.as_ref().map(Regex::create_cache))
+                .collect(),
         }
     }
 
@@ -339,6 +366,7 @@ impl StreamMatcher {
         self.any
             .which_overlapping_matches_with(&mut scratch.any, &input, &mut scratch.hits);
         let mut last_filter = usize::MAX;
+        let ascii_line = line.is_ascii();
         for hit in scratch.hits.iter() {
             let index = hit.as_usize();
             let entry = &self.regexes[index];
@@ -347,9 +375,14 @@ impl StreamMatcher {
                 continue;
             }
             let caps = &mut scratch.captures[index];
-            entry
-                .regex
-                .search_captures_with(&mut scratch.caches[index], &input, caps);
+            match (&entry.ascii, &mut scratch.ascii_caches[index]) {
+                (Some(ascii), Some(cache)) if ascii_line => {
+                    ascii.search_captures_with(cache, &input, caps)
+                }
+                _ => entry
+                    .regex
+                    .search_captures_with(&mut scratch.caches[index], &input, caps),
+            }
             if !caps.is_match() {
                 continue;
             }

@@ -100,10 +100,23 @@ pub fn to_json(node: &Node) -> serde_json::Value {
 
 type Entries = [(Key, Node)];
 
+/// What an action needs to know about its filter.
+struct FilterContext<'a> {
+    /// The filter's pattern names in value order; `None` when its regexes
+    /// are invalid (already reported), so actions are not blamed for it.
+    names: Option<&'a [String]>,
+    /// Which value is the IP that ipv4only/ipv6only look at.
+    ip_slot: Option<usize>,
+    patterns: &'a Patterns,
+}
+
 #[derive(Default)]
 struct Checker {
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
+    /// Pattern names that are defined but invalid: their errors are already
+    /// reported, so filters using them are skipped rather than blamed.
+    broken_patterns: BTreeSet<String>,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -294,6 +307,14 @@ impl Checker {
     }
 
     fn duration(&mut self, node: &Node, path: &str) -> Option<u64> {
+        if let Value::Int(n) = node.value {
+            self.error(
+                &node.loc,
+                path,
+                format!("a duration needs a unit: found the bare number {n}; write e.g. '{n}s', '{n}m' or '{n}h'"),
+            );
+            return None;
+        }
         let text = self.string(node, path)?;
         match parse_duration(&text) {
             Ok(ms) => Some(ms),
@@ -375,8 +396,11 @@ impl Checker {
                 );
                 continue;
             }
-            if let Some(pattern) = self.pattern(&key.name, def, &path) {
-                compiled.push(pattern);
+            match self.pattern(&key.name, def, &path) {
+                Some(pattern) => compiled.push(pattern),
+                None => {
+                    self.broken_patterns.insert(key.name.clone());
+                }
             }
         }
         Patterns::new(compiled)
@@ -828,14 +852,14 @@ impl Checker {
             if let Some(defs) = self.map(node, &apath, "a map of action names to actions") {
                 for (key, adef) in defs {
                     let action_path = join(&apath, &key.name);
-                    if let Some((spec, action)) = self.action(
-                        &key.name,
-                        adef,
-                        &action_path,
-                        names.as_deref().unwrap_or(&[]),
+                    let context = FilterContext {
+                        names: names.as_deref(),
                         ip_slot,
                         patterns,
-                    ) {
+                    };
+                    if let Some((spec, action)) =
+                        self.action(&key.name, adef, &action_path, &context)
+                    {
                         action_specs.push(spec);
                         actions.push(action);
                     }
@@ -894,13 +918,28 @@ impl Checker {
         let mut ok = true;
         for (i, (text, item)) in items.iter().enumerate() {
             let item_path = format!("{rpath}[{i}]");
+            if placeholders(text)
+                .iter()
+                .any(|(_, name)| self.broken_patterns.contains(*name))
+            {
+                ok = false;
+                continue;
+            }
             let unknown: Vec<&str> = placeholders(text)
                 .into_iter()
                 .map(|(_, name)| name)
                 .filter(|name| patterns.get(name).is_none())
                 .collect();
+            let broken = &self.broken_patterns;
+            let defined_or_broken = |n: &&str| !broken.contains(*n);
+            let unknown: Vec<&str> = unknown.into_iter().filter(defined_or_broken).collect();
             if !unknown.is_empty() {
-                let defined: Vec<&str> = patterns.iter().map(|p| p.name()).collect();
+                let defined: BTreeSet<&str> = patterns
+                    .iter()
+                    .map(|p| p.name())
+                    .chain(self.broken_patterns.iter().map(String::as_str))
+                    .collect();
+                let defined: Vec<&str> = defined.into_iter().collect();
                 self.error(
                     &item.loc,
                     &item_path,
@@ -997,10 +1036,11 @@ impl Checker {
         name: &str,
         def: &Node,
         path: &str,
-        filter_patterns: &[String],
-        ip_slot: Option<usize>,
-        patterns: &Patterns,
+        filter: &FilterContext<'_>,
     ) -> Option<(ActionSpec, Action)> {
+        let regexes_valid = filter.names.is_some();
+        let filter_patterns = filter.names.unwrap_or(&[]);
+        let (ip_slot, patterns) = (filter.ip_slot, filter.patterns);
         let entries = self.map(def, path, "an action (a map with 'cmd')")?;
         self.known_keys(entries, path, ACTION_KEYS);
         let errors_before = self.errors.len();
@@ -1041,7 +1081,7 @@ impl Checker {
             );
         }
         for (set, key) in [(v4, "ipv4only"), (v6, "ipv6only")] {
-            if set && ip_slot.is_none() {
+            if set && ip_slot.is_none() && regexes_valid {
                 let loc = key_loc(entries, key).unwrap_or(&def.loc).clone();
                 self.error(
                     &loc,

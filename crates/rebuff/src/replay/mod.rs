@@ -14,12 +14,14 @@ pub mod timestamp;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, mpsc};
 
 use anyhow::{Context, bail};
 use foldhash::fast::RandomState;
 use rebuff_engine::{
-    Decision, FilterDecider, IgnoreReason, LineMatch, MatchScratch, Trigger, TriggerKind, line_text,
+    Decision, FilterDecider, IgnoreReason, LineMatch, MatchScratch, StreamMatcher, Trigger,
+    TriggerKind, line_text,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -164,7 +166,7 @@ struct Replay<'c> {
     key: String,
 }
 
-impl Replay<'_> {
+impl<'c> Replay<'c> {
     fn file(&mut self, path: &Path, progress: bool, out: &mut dyn Write) -> anyhow::Result<()> {
         let input = open_input(path)?;
         self.totals.files += 1;
@@ -172,53 +174,137 @@ impl Replay<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let reference = input.mtime_ms.unwrap_or(now_ms);
-        let mut stamps = TimestampParser::new(reference);
         let mut progress = Progress::new(
             progress && std::io::stderr().is_terminal(),
             input.total_bytes,
         );
         let raw_read = input.raw_bytes_read.clone();
-        let mut reader = LineReader::new(input.reader, MAX_LINE);
-        let mut time = reference.max(0) as u64;
-        let mut matches: Vec<LineMatch> = Vec::new();
-        let mut lossy = String::new();
-        let mut lines_here = 0u64;
-        while let Some(line) = reader.next_line()? {
-            lines_here += 1;
-            if line.truncated {
-                self.totals.oversized += 1;
-            }
-            match stamps.parse(line.bytes) {
-                Some(ms) => time = ms.max(0) as u64,
-                None => self.totals.no_timestamp += 1,
-            }
-            let (text, invalid) = line_text(line.bytes, &mut lossy);
-            if invalid {
-                self.totals.invalid_utf8 += 1;
-            }
-            for r in 0..self.runs.len() {
-                matches.clear();
-                let run = &mut self.runs[r];
-                if !run
-                    .stream
-                    .matcher
-                    .find(text, &mut run.scratch, &mut matches)
-                {
-                    continue;
-                }
-                for m in matches.drain(..) {
-                    self.on_match(r, m, time, out)?;
-                }
-            }
-            if lines_here & 0x3fff == 0 {
-                progress.update(raw_read.load(Ordering::Relaxed), lines_here);
-            }
-            self.totals.first_time.get_or_insert(time);
-            self.totals.last_time = Some(time);
-        }
+        let mut source = LineSource {
+            reader: LineReader::new(input.reader, MAX_LINE),
+            stamps: TimestampParser::new(reference),
+            time: reference.max(0) as u64,
+            lines: 0,
+        };
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
+        let result = if workers > 1 {
+            self.file_parallel(&mut source, workers, &mut progress, &raw_read, out)
+        } else {
+            self.file_inline(&mut source, &mut progress, &raw_read, out)
+        };
         progress.finish();
-        self.totals.lines += lines_here;
-        self.totals.bytes += reader.bytes_read();
+        self.totals.lines += source.lines;
+        self.totals.bytes += source.reader.bytes_read();
+        result
+    }
+
+    /// One thread: read a batch, match it, apply it.
+    fn file_inline(
+        &mut self,
+        source: &mut LineSource<impl std::io::Read>,
+        progress: &mut Progress,
+        raw_read: &AtomicU64,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let mut batch = Batch::default();
+        let mut worker = Worker::default();
+        let streams: Vec<&'c Stream> = self.runs.iter().map(|r| r.stream).collect();
+        let matchers: Vec<&StreamMatcher> = streams.iter().map(|s| &s.matcher).collect();
+        loop {
+            let more = source.fill(&mut batch, &mut self.totals)?;
+            let mut scratches: Vec<&mut MatchScratch> =
+                self.runs.iter_mut().map(|r| &mut r.scratch).collect();
+            worker.run(&matchers, &mut scratches, &mut batch);
+            self.apply(&mut batch, out)?;
+            progress.update(raw_read.load(Ordering::Relaxed), source.lines);
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Matching is stateless per line, so batches of lines are matched on
+    /// worker threads while this thread reads, parses timestamps and applies
+    /// the results in file order (decisions stay strictly sequential).
+    fn file_parallel(
+        &mut self,
+        source: &mut LineSource<impl std::io::Read>,
+        workers: usize,
+        progress: &mut Progress,
+        raw_read: &AtomicU64,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        let streams: Vec<&'c Stream> = self.runs.iter().map(|r| r.stream).collect();
+        let matchers: Vec<&StreamMatcher> = streams.iter().map(|s| &s.matcher).collect();
+        let max_in_flight = workers * 2;
+        let (work_tx, work_rx) = mpsc::sync_channel::<Batch>(max_in_flight);
+        let work_rx = Mutex::new(work_rx);
+        let (done_tx, done_rx) = mpsc::channel::<Batch>();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let (work_rx, done_tx, matchers) = (&work_rx, done_tx.clone(), &matchers);
+                scope.spawn(move || {
+                    let mut scratches: Vec<MatchScratch> =
+                        matchers.iter().map(|m| m.scratch()).collect();
+                    let mut scratch_refs: Vec<&mut MatchScratch> = scratches.iter_mut().collect();
+                    let mut worker = Worker::default();
+                    loop {
+                        let next = match work_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(mut batch) = next else { return };
+                        worker.run(matchers, &mut scratch_refs, &mut batch);
+                        if done_tx.send(batch).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+
+            let mut pool: Vec<Batch> = Vec::new();
+            let mut waiting: BTreeMap<u64, Batch> = BTreeMap::new();
+            let (mut sent, mut applied) = (0u64, 0u64);
+            let mut more = true;
+            while more || applied < sent {
+                if more && sent - applied < max_in_flight as u64 {
+                    let mut batch = pool.pop().unwrap_or_default();
+                    more = source.fill(&mut batch, &mut self.totals)?;
+                    batch.seq = sent;
+                    sent += 1;
+                    if work_tx.send(batch).is_err() {
+                        bail!("a matching thread stopped");
+                    }
+                    // Keep reading while workers are busy; apply what is ready.
+                    while let Ok(done) = done_rx.try_recv() {
+                        waiting.insert(done.seq, done);
+                    }
+                } else {
+                    let Ok(done) = done_rx.recv() else {
+                        bail!("a matching thread stopped");
+                    };
+                    waiting.insert(done.seq, done);
+                }
+                while let Some(mut batch) = waiting.remove(&applied) {
+                    self.apply(&mut batch, out)?;
+                    applied += 1;
+                    pool.push(batch);
+                }
+                progress.update(raw_read.load(Ordering::Relaxed), source.lines);
+            }
+            drop(work_tx);
+            Ok(())
+        })
+    }
+
+    /// Applies a matched batch's matches in line order.
+    fn apply(&mut self, batch: &mut Batch, out: &mut dyn Write) -> anyhow::Result<()> {
+        self.totals.invalid_utf8 += batch.invalid_utf8;
+        let times = std::mem::take(&mut batch.times);
+        for (line, run, m) in batch.matches.drain(..) {
+            self.on_match(run as usize, m, times[line as usize], out)?;
+        }
+        batch.times = times;
         Ok(())
     }
 
@@ -600,6 +686,104 @@ struct ActionRecord<'a> {
     action: &'a str,
     at: String,
     cmd: Vec<String>,
+}
+
+/// Lines per batch handed to a matching thread.
+const BATCH_LINES: usize = 4096;
+/// Matching threads used at most (replay is usually one file on a small box).
+const MAX_WORKERS: usize = 4;
+
+/// A run of consecutive lines, then the matches found in them.
+#[derive(Debug, Default)]
+struct Batch {
+    seq: u64,
+    text: Vec<u8>,
+    /// End offset of each line in `text`.
+    ends: Vec<usize>,
+    /// Log time of each line.
+    times: Vec<u64>,
+    /// (line index, stream run index, match), in line order.
+    matches: Vec<(u32, u16, LineMatch)>,
+    invalid_utf8: u64,
+}
+
+/// Reads lines and gives each its log time.
+struct LineSource<R: std::io::Read> {
+    reader: LineReader<R>,
+    stamps: TimestampParser,
+    /// Time of the last line with a timestamp (or the file's reference).
+    time: u64,
+    lines: u64,
+}
+
+impl<R: std::io::Read> LineSource<R> {
+    /// Refills `batch` with up to [`BATCH_LINES`] lines; false at the end.
+    fn fill(&mut self, batch: &mut Batch, totals: &mut Totals) -> anyhow::Result<bool> {
+        batch.text.clear();
+        batch.ends.clear();
+        batch.times.clear();
+        batch.matches.clear();
+        batch.invalid_utf8 = 0;
+        while batch.ends.len() < BATCH_LINES {
+            let Some(line) = self.reader.next_line()? else {
+                return Ok(false);
+            };
+            self.lines += 1;
+            if line.truncated {
+                totals.oversized += 1;
+            }
+            match self.stamps.parse(line.bytes) {
+                Some(ms) => self.time = ms.max(0) as u64,
+                None => totals.no_timestamp += 1,
+            }
+            totals.first_time.get_or_insert(self.time);
+            totals.last_time = Some(self.time);
+            batch.text.extend_from_slice(line.bytes);
+            batch.ends.push(batch.text.len());
+            batch.times.push(self.time);
+        }
+        Ok(true)
+    }
+}
+
+/// Matches batches; owns its reusable buffers.
+#[derive(Default)]
+struct Worker {
+    found: Vec<LineMatch>,
+    lossy: String,
+}
+
+impl Worker {
+    fn run(
+        &mut self,
+        matchers: &[&StreamMatcher],
+        scratches: &mut [&mut MatchScratch],
+        batch: &mut Batch,
+    ) {
+        let Batch {
+            text,
+            ends,
+            matches,
+            invalid_utf8,
+            ..
+        } = batch;
+        let mut start = 0;
+        for (index, &end) in ends.iter().enumerate() {
+            let (line, invalid) = line_text(&text[start..end], &mut self.lossy);
+            if invalid {
+                *invalid_utf8 += 1;
+            }
+            for (run, matcher) in matchers.iter().enumerate() {
+                self.found.clear();
+                if matcher.find(line, &mut *scratches[run], &mut self.found) {
+                    for m in self.found.drain(..) {
+                        matches.push((index as u32, run as u16, m));
+                    }
+                }
+            }
+            start = end;
+        }
+    }
 }
 
 fn bump(

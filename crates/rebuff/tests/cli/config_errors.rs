@@ -1,0 +1,553 @@
+//! Every invalid configuration the reference describes is rejected before
+//! anything starts, with exit code 1 and a message naming the file, line,
+//! column, key path, what was found and what is accepted.
+
+use super::{rebuff, stderr, write_config};
+
+/// A valid stream around `filter_body` (indented for `streams.s.filters.f`).
+fn with_filter(patterns: &str, filter_body: &str) -> String {
+    format!(
+        "patterns:\n{patterns}streams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n{filter_body}"
+    )
+}
+
+const IP: &str = "  ip:\n    type: ip\n";
+
+/// Runs `test-config` on `text` and checks the error mentions each piece.
+fn assert_rejected(file: &str, text: &str, expected: &[&str]) {
+    let config = write_config(file, text);
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "stderr: {err}");
+    assert!(output.stdout.is_empty(), "nothing printed on stdout");
+    for piece in expected {
+        assert!(err.contains(piece), "expected {piece:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn retry_without_retryperiod_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(IP, "        regex: ['from <ip>']\n        retry: 3\n"),
+        &[
+            "c.yml:10:16",
+            "streams.s.filters.f.retry",
+            "must come with retryperiod",
+        ],
+    );
+}
+
+#[test]
+fn retryperiod_without_retry_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['from <ip>']\n        retryperiod: 1h\n",
+        ),
+        &[
+            "c.yml:10:22",
+            "streams.s.filters.f.retryperiod",
+            "must come with retry",
+        ],
+    );
+}
+
+#[test]
+fn retry_of_one_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['from <ip>']\n        retry: 1\n        retryperiod: 1h\n",
+        ),
+        &[
+            "c.yml:10:16",
+            "streams.s.filters.f.retry",
+            "greater than 1, found 1",
+        ],
+    );
+}
+
+#[test]
+fn regexes_with_different_patterns_are_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  ip:\n    type: ip\n  user:\n    regex: '\\w+'\n",
+            "        regex:\n          - 'from <ip>'\n          - 'user <user>'\n",
+        ),
+        &[
+            "c.yml:13:13",
+            "streams.s.filters.f.regex[1]",
+            "same patterns",
+            "<user>",
+            "<ip>",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_placeholder_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(IP, "        regex: ['from <ipp>']\n"),
+        &[
+            "c.yml:9:17",
+            "streams.s.filters.f.regex[0]",
+            "<ipp> names no pattern",
+            "ip",
+        ],
+    );
+}
+
+#[test]
+fn onexit_without_after_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['from <ip>']\n        actions:\n          a:\n            cmd: ['true']\n            onexit: true\n",
+        ),
+        &["c.yml:13:13", "actions.a.onexit", "set 'after'"],
+    );
+}
+
+#[test]
+fn ipv4only_and_ipv6only_together_are_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['from <ip>']\n        actions:\n          a:\n            cmd: ['true']\n            ipv4only: true\n            ipv6only: true\n",
+        ),
+        &["c.yml:14:13", "actions.a.ipv6only", "exclude each other"],
+    );
+}
+
+#[test]
+fn ipv4only_without_an_ip_pattern_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  user:\n    regex: '\\w+'\n",
+            "        regex: ['user <user>']\n        actions:\n          a:\n            cmd: ['true']\n            ipv4only: true\n",
+        ),
+        &[
+            "c.yml:13:13",
+            "actions.a.ipv4only",
+            "needs a pattern of type ip",
+        ],
+    );
+}
+
+#[test]
+fn a_mask_on_a_regex_pattern_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  user:\n    regex: '\\w+'\n    ipv4mask: 24\n",
+            "        regex: ['<user>']\n",
+        ),
+        &[
+            "c.yml:4:15",
+            "patterns.user.ipv4mask",
+            "only allowed on patterns of type ip or ipv4",
+        ],
+    );
+}
+
+#[test]
+fn an_ipv6mask_on_an_ipv4_pattern_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  ip:\n    type: ipv4\n    ipv6mask: 64\n",
+            "        regex: ['<ip>']\n",
+        ),
+        &["c.yml:4:15", "patterns.ip.ipv6mask", "not on type ipv4"],
+    );
+}
+
+#[test]
+fn a_mask_out_of_range_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  ip:\n    type: ip\n    ipv6mask: 129\n",
+            "        regex: ['<ip>']\n",
+        ),
+        &[
+            "c.yml:4:15",
+            "patterns.ip.ipv6mask",
+            "between 0 and 128, found 129",
+        ],
+    );
+}
+
+#[test]
+fn ignorecidr_on_a_regex_pattern_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  user:\n    regex: '\\w+'\n    ignorecidr: ['10.0.0.0/8']\n",
+            "        regex: ['<user>']\n",
+        ),
+        &[
+            "c.yml:4:17",
+            "patterns.user.ignorecidr",
+            "type ip, ipv4 or ipv6",
+        ],
+    );
+}
+
+#[test]
+fn a_malformed_cidr_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  ip:\n    type: ip\n    ignorecidr: ['10.0.0.0/33']\n",
+            "        regex: ['<ip>']\n",
+        ),
+        &["c.yml:4:18", "patterns.ip.ignorecidr[0]", "CIDR notation"],
+    );
+}
+
+#[test]
+fn a_duration_without_unit_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        retry: 2\n        retryperiod: '10'\n",
+        ),
+        &["c.yml:11:22", "retryperiod", "has no unit", "ms, s/sec"],
+    );
+}
+
+#[test]
+fn a_duration_with_an_unknown_unit_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        actions:\n          a:\n            cmd: ['true']\n            after: 2 weeks\n",
+        ),
+        &[
+            "c.yml:13:20",
+            "actions.a.after",
+            "unit 'weeks'",
+            "d/day/days",
+        ],
+    );
+}
+
+#[test]
+fn a_fractional_duration_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        retry: 2\n        retryperiod: 1.5h\n",
+        ),
+        &["retryperiod", "1.5h"],
+    );
+}
+
+#[test]
+fn a_rotation_interval_under_30_minutes_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &format!(
+            "state_rotation_interval: 10m\n{}",
+            with_filter(IP, "        regex: ['<ip>']\n")
+        ),
+        &["c.yml:1:26", "state_rotation_interval", "minimum is 30m"],
+    );
+}
+
+#[test]
+fn an_unknown_key_suggests_the_closest_one() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        retryperiode: 1h\n        retry: 2\n",
+        ),
+        &[
+            "c.yml:10:9",
+            "streams.s.filters.f.retryperiode",
+            "did you mean 'retryperiod'",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_pattern_type_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter("  ip:\n    type: ipv5\n", "        regex: ['<ip>']\n"),
+        &[
+            "c.yml:3:11",
+            "patterns.ip.type",
+            "accepted: regex, ip, ipv4, ipv6",
+        ],
+    );
+}
+
+#[test]
+fn an_unknown_duplicate_policy_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(IP, "        regex: ['<ip>']\n        duplicates: keep\n"),
+        &[
+            "c.yml:10:21",
+            "streams.s.filters.f.duplicates",
+            "accepted: extend, rerun, ignore",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_and_duplicates_together_are_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        duplicate: extend\n        duplicates: ignore\n",
+        ),
+        &["duplicates", "keep one"],
+    );
+}
+
+#[test]
+fn a_plugin_stream_type_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        "streams:\n  s:\n    type: virtual\n    filters:\n      f:\n        regex: ['x']\n",
+        &[
+            "c.yml:3:11",
+            "streams.s.type",
+            "reaction plugin",
+            "accepted: cmd",
+        ],
+    );
+}
+
+#[test]
+fn a_plugin_action_type_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        actions:\n          a:\n            type: ipset\n            options: {set: bans}\n",
+        ),
+        &[
+            "c.yml:12:19",
+            "actions.a.type",
+            "'ipset'",
+            "reaction plugin",
+        ],
+    );
+}
+
+#[test]
+fn a_plugin_without_path_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &format!(
+            "plugins:\n  ipset:\n    check_root: false\n{}",
+            with_filter(IP, "        regex: ['<ip>']\n")
+        ),
+        &["c.yml:3:5", "plugins.ipset", "needs a 'path'"],
+    );
+}
+
+#[test]
+fn a_pattern_without_regex_or_type_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  user:\n    ignore: [root]\n",
+            "        regex: ['<user>']\n",
+        ),
+        &["c.yml:3:5", "patterns.user", "needs a 'regex'"],
+    );
+}
+
+#[test]
+fn an_invalid_regex_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(IP, "        regex: ['from (<ip>']\n"),
+        &[
+            "c.yml:9:17",
+            "streams.s.filters.f.regex[0]",
+            "invalid regex",
+        ],
+    );
+}
+
+#[test]
+fn an_invalid_ignoreregex_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  user:\n    regex: '\\w+'\n    ignoreregex: ['a(']\n",
+            "        regex: ['<user>']\n",
+        ),
+        &[
+            "c.yml:4:19",
+            "patterns.user.ignoreregex[0]",
+            "invalid regex",
+        ],
+    );
+}
+
+#[test]
+fn an_empty_command_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        "streams:\n  s:\n    cmd: []\n    filters:\n      f:\n        regex: ['x']\n",
+        &["c.yml:3:10", "streams.s.cmd", "at least the program"],
+    );
+}
+
+#[test]
+fn a_configuration_without_streams_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        "patterns:\n  ip:\n    type: ip\n",
+        &["streams", "at least one stream"],
+    );
+}
+
+#[test]
+fn an_action_using_a_pattern_its_filter_does_not_capture_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            "  ip:\n    type: ip\n  user:\n    regex: '\\w+'\n",
+            "        regex: ['from <ip>']\n        actions:\n          a:\n            cmd: ['echo', '<user>']\n",
+        ),
+        &[
+            "c.yml:14:27",
+            "actions.a.cmd[1]",
+            "<user> is not captured",
+            "<ip>",
+        ],
+    );
+}
+
+#[test]
+fn a_yaml_syntax_error_names_its_position() {
+    assert_rejected("c.yml", "streams:\n  s: [\n", &["c.yml:3:"]);
+}
+
+#[test]
+fn a_json_error_names_its_position_and_expectation() {
+    assert_rejected(
+        "c.json",
+        "{\"streams\": {\"s\": {\"cmd\": [\"a\",]}}}",
+        &["c.json:1:", "expected"],
+    );
+}
+
+#[test]
+fn a_wrong_type_names_what_was_found() {
+    assert_rejected(
+        "c.json",
+        "{\"streams\": {\"s\": {\"cmd\": \"cat\", \"filters\": {\"f\": {\"regex\": [\"x\"]}}}}}",
+        &[
+            "c.json:1:27",
+            "streams.s.cmd",
+            "expected a list of strings, found a string",
+        ],
+    );
+}
+
+#[test]
+fn a_jsonnet_error_names_the_file() {
+    assert_rejected(
+        "c.jsonnet",
+        "{ streams: { s: error 'boom' } }",
+        &["c.jsonnet:1:", "boom"],
+    );
+}
+
+#[test]
+fn a_jsonnet_import_outside_the_configuration_directory_is_rejected() {
+    assert_rejected(
+        "c.jsonnet",
+        "local x = import '../outside.libsonnet'; x",
+        &["c.jsonnet:1:", "outside"],
+    );
+}
+
+#[test]
+fn a_stream_defined_in_two_files_names_both() {
+    let config = write_config("a.yml", &with_filter(IP, "        regex: ['<ip>']\n"));
+    std::fs::write(
+        config.dir.path().join("b.yml"),
+        "streams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n        regex: ['x']\n",
+    )
+    .expect("write");
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(config.dir.path())
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        err.contains("b.yml:2:3") && err.contains("a.yml:5:3"),
+        "{err}"
+    );
+    assert!(err.contains("streams.s"), "{err}");
+}
+
+#[test]
+fn a_pattern_defined_in_two_files_names_both() {
+    let config = write_config("a.yml", &with_filter(IP, "        regex: ['<ip>']\n"));
+    std::fs::write(
+        config.dir.path().join("b.json"),
+        "{\"patterns\": {\"ip\": {\"type\": \"ipv4\"}}}",
+    )
+    .expect("write");
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(config.dir.path())
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        err.contains("b.json:1:15") && err.contains("a.yml:2:3"),
+        "{err}"
+    );
+    assert!(err.contains("patterns.ip"), "{err}");
+}
+
+#[test]
+fn several_errors_are_all_reported_at_once() {
+    let config = write_config(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        retry: 1\n        retryperiod: 1h\n        duplicate: nope\n",
+        ),
+    );
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert!(err.contains("retry") && err.contains("duplicate"), "{err}");
+    assert!(err.contains("2 errors"), "{err}");
+}

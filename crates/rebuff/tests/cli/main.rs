@@ -1,0 +1,44 @@
+//! End-to-end tests of the `rebuff` binary: real processes, temp dirs,
+//! real configuration files. One integration binary, one module per surface.
+
+mod config_errors;
+mod replay;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+
+/// The crate's test fixtures.
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+pub fn rebuff() -> Command {
+    Command::cargo_bin("rebuff").expect("the rebuff binary is built")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A configuration written into a fresh temporary directory.
+#[derive(Debug)]
+pub struct TempConfig {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+pub fn write_config(name: &str, text: &str) -> TempConfig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write config");
+    TempConfig { dir, path }
+}
