@@ -148,13 +148,173 @@ pub fn expand(text: &str, patterns: &Patterns) -> Result<ExpandedRegex, String> 
 struct CaptureRegex {
     filter: usize,
     regex: Regex,
-    /// The same regex compiled without Unicode classes, used on ASCII lines.
-    /// On an ASCII haystack `.`, `\d`, `\w`, `\s` and case folding mean
-    /// exactly what their Unicode forms mean, and the much smaller automaton
-    /// makes capture extraction several times cheaper.
-    ascii: Option<Regex>,
     /// (capture group index, position in the filter's values) per placeholder.
     slots: Vec<(usize, usize)>,
+    /// A cheaper exact way to the same captures, when the regex has the
+    /// common shape `… .* LITERAL (<placeholder>) …`.
+    tail: Option<TailCapture>,
+    /// The cheapest way, for regexes shaped `^(<placeholder>) LITERAL…`.
+    head: Option<HeadCapture>,
+}
+
+/// Captures for regexes shaped `X .* K (G) Y` (K a literal, `.*` greedy).
+///
+/// A backtracking capture engine spends most of its time walking the `.*`
+/// forward and back. For this shape the answer is known without it: the
+/// greedy `.*` ends at the last occurrence of K after which `(G) Y` matches
+/// (any later valid occurrence would be a higher-priority path, any path of
+/// X ends before the true one, and `.` crosses every character of a line).
+/// So: find K from the right with a literal search, test `(G) Y` anchored
+/// there with a DFA, and extract captures from that short tail only. The
+/// values are exactly those the full regex would capture.
+#[derive(Debug)]
+struct TailCapture {
+    literal: memchr::memmem::FinderRev<'static>,
+    literal_len: usize,
+    regex: Regex,
+    /// Like [`CaptureRegex::slots`], for the tail regex's groups.
+    slots: Vec<(usize, usize)>,
+    /// With a single placeholder followed by a literal whose first byte the
+    /// placeholder can never match, the value ends at that byte's first
+    /// occurrence: no capture engine runs at all.
+    stop: Option<u8>,
+}
+
+/// The value of a regex shaped `^(G)K…` (one placeholder, K a literal whose
+/// first byte G can never match): everything before that byte's first
+/// occurrence. Any match of the regex has G there, so the set's hit is proof
+/// enough and no regex runs again.
+#[derive(Debug)]
+struct HeadCapture {
+    stop: u8,
+}
+
+/// Every byte a regex can match, conservatively (any non-ASCII character
+/// counts as every non-ASCII byte).
+fn bytes_of(hir: &regex_syntax::hir::Hir, set: &mut [bool; 256]) {
+    use regex_syntax::hir::{Class, HirKind};
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => {}
+        HirKind::Literal(literal) => literal.0.iter().for_each(|&b| set[b as usize] = true),
+        HirKind::Class(Class::Unicode(class)) => {
+            for range in class.ranges() {
+                let (start, end) = (u32::from(range.start()), u32::from(range.end()));
+                for b in start..=end.min(0x7f) {
+                    set[b as usize] = true;
+                }
+                if end >= 0x80 {
+                    set[0x80..].iter_mut().for_each(|b| *b = true);
+                }
+            }
+        }
+        HirKind::Class(Class::Bytes(class)) => {
+            for range in class.ranges() {
+                for b in range.start()..=range.end() {
+                    set[b as usize] = true;
+                }
+            }
+        }
+        HirKind::Repetition(rep) => bytes_of(&rep.sub, set),
+        HirKind::Capture(cap) => bytes_of(&cap.sub, set),
+        HirKind::Concat(items) | HirKind::Alternation(items) => {
+            items.iter().for_each(|item| bytes_of(item, set))
+        }
+    }
+}
+
+/// The stop byte after the placeholder at `items[group]`, if the next item
+/// is a literal whose first byte the placeholder cannot match.
+fn stop_byte(items: &[regex_syntax::hir::Hir], group: usize) -> Option<u8> {
+    use regex_syntax::hir::HirKind;
+    let HirKind::Literal(next) = items.get(group + 1)?.kind() else {
+        return None;
+    };
+    let first = *next.0.first()?;
+    let mut set = [false; 256];
+    bytes_of(&items[group], &mut set);
+    (!set[first as usize]).then_some(first)
+}
+
+fn is_placeholder(item: &regex_syntax::hir::Hir) -> bool {
+    matches!(item.kind(), regex_syntax::hir::HirKind::Capture(c)
+        if c.name.as_deref().is_some_and(|n| n.starts_with("rebuff_")))
+}
+
+fn head_capture(expanded: &ExpandedRegex) -> Option<HeadCapture> {
+    use regex_syntax::hir::{HirKind, Look};
+    if expanded.groups.len() != 1 {
+        return None;
+    }
+    let hir = syntax::parse_with(&expanded.regex, &syntax_config()).ok()?;
+    let HirKind::Concat(items) = hir.kind() else {
+        return None;
+    };
+    if !matches!(items.first()?.kind(), HirKind::Look(Look::Start))
+        || !is_placeholder(items.get(1)?)
+    {
+        return None;
+    }
+    Some(HeadCapture {
+        stop: stop_byte(items, 1)?,
+    })
+}
+
+/// Splits an expanded regex into `… .* K` and the tail `(G) Y`, when it has
+/// that shape.
+fn tail_capture(expanded: &ExpandedRegex, info: &FilterInfo) -> Option<TailCapture> {
+    use regex_syntax::hir::{Dot, Hir, HirKind};
+    let hir = syntax::parse_with(&expanded.regex, &syntax_config()).ok()?;
+    let HirKind::Concat(items) = hir.kind() else {
+        return None;
+    };
+    let first_group = items.iter().position(is_placeholder)?;
+    let HirKind::Literal(literal) = items.get(first_group.checked_sub(1)?)?.kind() else {
+        return None;
+    };
+    let HirKind::Repetition(rep) = items.get(first_group.checked_sub(2)?)?.kind() else {
+        return None;
+    };
+    let any = [Hir::dot(Dot::AnyCharExceptLF), Hir::dot(Dot::AnyChar)];
+    if rep.min != 0 || rep.max.is_some() || !rep.greedy || !any.contains(&rep.sub) {
+        return None;
+    }
+    let tail = Hir::concat(items[first_group..].to_vec());
+    let regex = Regex::builder()
+        .configure(Regex::config().nfa_size_limit(Some(64 << 20)))
+        .build_from_hir(&tail)
+        .ok()?;
+    let slots = group_slots(&regex, expanded, info);
+    // Every placeholder must be inside the tail, or its value would be lost.
+    if slots.len() != expanded.groups.len() {
+        return None;
+    }
+    let stop = if expanded.groups.len() == 1 {
+        stop_byte(items, first_group)
+    } else {
+        None
+    };
+    Some(TailCapture {
+        literal: memchr::memmem::FinderRev::new(&literal.0).into_owned(),
+        literal_len: literal.0.len(),
+        regex,
+        slots,
+        stop,
+    })
+}
+
+/// Maps a compiled regex's placeholder groups to value positions.
+fn group_slots(regex: &Regex, expanded: &ExpandedRegex, info: &FilterInfo) -> Vec<(usize, usize)> {
+    expanded
+        .groups
+        .iter()
+        .filter_map(|(group, pattern)| {
+            let group_index = regex
+                .group_info()
+                .to_index(regex_automata::PatternID::ZERO, group)?;
+            let slot = info.patterns.iter().position(|p| p == pattern)?;
+            Some((group_index, slot))
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -173,15 +333,6 @@ pub struct StreamMatcher {
     patterns: Patterns,
 }
 
-fn same_groups(unicode: &Regex, ascii: &Regex, slots: &[(usize, usize)]) -> bool {
-    let (u, a) = (unicode.group_info(), ascii.group_info());
-    u.all_group_len() == a.all_group_len()
-        && slots.iter().all(|&(group, _)| {
-            u.to_name(regex_automata::PatternID::ZERO, group)
-                == a.to_name(regex_automata::PatternID::ZERO, group)
-        })
-}
-
 /// Per-caller scratch space, so matching never allocates for a line that
 /// matches nothing and never contends on a shared cache.
 #[derive(Debug)]
@@ -190,7 +341,7 @@ pub struct MatchScratch {
     hits: PatternSet,
     caches: Vec<meta::Cache>,
     captures: Vec<Captures>,
-    ascii_caches: Vec<Option<meta::Cache>>,
+    tail_caches: Vec<Option<(meta::Cache, Captures)>>,
 }
 
 fn syntax_config() -> syntax::Config {
@@ -202,6 +353,24 @@ fn syntax_config() -> syntax::Config {
 impl StreamMatcher {
     /// Compiles the filters of one stream against the configuration's patterns.
     pub fn new(patterns: &Patterns, filters: &[FilterSpec]) -> Result<Self, MatcherError> {
+        Self::build(patterns, filters, true)
+    }
+
+    /// Like [`StreamMatcher::new`] but always extracts values with the full
+    /// capture engine: the reference the fast paths are tested against.
+    #[doc(hidden)]
+    pub fn new_without_fast_paths(
+        patterns: &Patterns,
+        filters: &[FilterSpec],
+    ) -> Result<Self, MatcherError> {
+        Self::build(patterns, filters, false)
+    }
+
+    fn build(
+        patterns: &Patterns,
+        filters: &[FilterSpec],
+        fast: bool,
+    ) -> Result<Self, MatcherError> {
         let mut expanded_all = Vec::new();
         let mut infos = Vec::new();
         for (filter_index, filter) in filters.iter().enumerate() {
@@ -254,28 +423,15 @@ impl StreamMatcher {
                     message: e.to_string(),
                 })?;
             let info = &infos[*filter_index];
-            let slots: Vec<(usize, usize)> = expanded
-                .groups
-                .iter()
-                .filter_map(|(group, pattern)| {
-                    let group_index = regex
-                        .group_info()
-                        .to_index(regex_automata::PatternID::ZERO, group)?;
-                    let slot = info.patterns.iter().position(|p| p == pattern)?;
-                    Some((group_index, slot))
-                })
-                .collect();
-            let ascii = Regex::builder()
-                .syntax(syntax_config().unicode(false).utf8(false))
-                .configure(Regex::config().nfa_size_limit(Some(64 << 20)))
-                .build(&expanded.regex)
-                .ok()
-                .filter(|ascii| same_groups(&regex, ascii, &slots));
+            let slots = group_slots(&regex, expanded, info);
+            let tail = fast.then(|| tail_capture(expanded, info)).flatten();
+            let head = fast.then(|| head_capture(expanded)).flatten();
             regexes.push(CaptureRegex {
                 filter: *filter_index,
                 regex,
-                ascii,
                 slots,
+                tail,
+                head,
             });
         }
 
@@ -289,8 +445,7 @@ impl StreamMatcher {
                 Regex::config()
                     .match_kind(MatchKind::All)
                     .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
-                    .nfa_size_limit(Some(256 << 20))
-                    .hybrid_cache_capacity(8 << 20),
+                    .nfa_size_limit(Some(256 << 20)),
             )
             .build_many(&sources)
             .map_err(|e| MatcherError::Regex {
@@ -322,10 +477,14 @@ impl StreamMatcher {
                 .iter()
                 .map(|r| r.regex.create_captures())
                 .collect(),
-            ascii_caches: self
+            tail_caches: self
                 .regexes
                 .iter()
-                .map(|r| r.ascii.as_ref().map(Regex::create_cache))
+                .map(|r| {
+                    r.tail
+                        .as_ref()
+                        .map(|t| (t.regex.create_cache(), t.regex.create_captures()))
+                })
                 .collect(),
         }
     }
@@ -359,14 +518,15 @@ impl StreamMatcher {
     /// Returns whether anything matched.
     pub fn find(&self, line: &str, scratch: &mut MatchScratch, out: &mut Vec<LineMatch>) -> bool {
         let input = Input::new(line);
-        if !self.any.is_match_with(&mut scratch.any, &input) {
-            return false;
-        }
+        // One overlapping scan answers both "anything?" and "which regexes?";
+        // a separate is_match first would scan matching lines twice.
         scratch.hits.clear();
         self.any
             .which_overlapping_matches_with(&mut scratch.any, &input, &mut scratch.hits);
+        if scratch.hits.is_empty() {
+            return false;
+        }
         let mut last_filter = usize::MAX;
-        let ascii_line = line.is_ascii();
         for hit in scratch.hits.iter() {
             let index = hit.as_usize();
             let entry = &self.regexes[index];
@@ -374,31 +534,79 @@ impl StreamMatcher {
             if entry.filter == last_filter {
                 continue;
             }
-            let caps = &mut scratch.captures[index];
-            match (&entry.ascii, &mut scratch.ascii_caches[index]) {
-                (Some(ascii), Some(cache)) if ascii_line => {
-                    ascii.search_captures_with(cache, &input, caps)
-                }
-                _ => entry
-                    .regex
-                    .search_captures_with(&mut scratch.caches[index], &input, caps),
+            if let Some(head) = &entry.head {
+                let end = memchr::memchr(head.stop, line.as_bytes()).unwrap_or(line.len());
+                last_filter = entry.filter;
+                out.push(LineMatch {
+                    filter: entry.filter,
+                    outcome: self.single_value(entry.filter, &line[..end]),
+                });
+                continue;
             }
+            if let (Some(tail), Some((cache, caps))) =
+                (&entry.tail, &mut scratch.tail_caches[index])
+                && let Some(start) = tail.start(line, cache)
+            {
+                last_filter = entry.filter;
+                if let Some(stop) = tail.stop {
+                    let end = memchr::memchr(stop, &line.as_bytes()[start..])
+                        .map_or(line.len(), |i| start + i);
+                    out.push(LineMatch {
+                        filter: entry.filter,
+                        outcome: self.single_value(entry.filter, &line[start..end]),
+                    });
+                    continue;
+                }
+                let input = Input::new(line)
+                    .range(start..)
+                    .anchored(regex_automata::Anchored::Yes);
+                tail.regex.search_captures_with(cache, &input, caps);
+                last_filter = entry.filter;
+                out.push(LineMatch {
+                    filter: entry.filter,
+                    outcome: self.values(entry.filter, &tail.slots, line, caps),
+                });
+                continue;
+            }
+            let caps = &mut scratch.captures[index];
+            entry
+                .regex
+                .search_captures_with(&mut scratch.caches[index], &input, caps);
             if !caps.is_match() {
                 continue;
             }
             last_filter = entry.filter;
             out.push(LineMatch {
                 filter: entry.filter,
-                outcome: self.values(entry, line, caps),
+                outcome: self.values(entry.filter, &entry.slots, line, caps),
             });
         }
         true
     }
 
-    fn values(&self, entry: &CaptureRegex, line: &str, caps: &Captures) -> Result<Values, Ignored> {
-        let info = &self.filters[entry.filter];
+    /// The outcome for a filter with a single pattern and its raw value.
+    fn single_value(&self, filter: usize, raw: &str) -> Result<Values, Ignored> {
+        let pattern = self.patterns.by_index(self.filters[filter].patterns[0]);
+        match pattern.accept(raw) {
+            Ok(value) => Ok(vec![value].into_boxed_slice()),
+            Err(reason) => Err(Ignored {
+                pattern: pattern.name().to_owned(),
+                value: raw.to_owned(),
+                reason,
+            }),
+        }
+    }
+
+    fn values(
+        &self,
+        filter: usize,
+        slots: &[(usize, usize)],
+        line: &str,
+        caps: &Captures,
+    ) -> Result<Values, Ignored> {
+        let info = &self.filters[filter];
         let mut values: Vec<Option<String>> = vec![None; info.patterns.len()];
-        for &(group, slot) in &entry.slots {
+        for &(group, slot) in slots {
             // A pattern used twice in one regex keeps its first value.
             if values[slot].is_some() {
                 continue;
@@ -417,6 +625,28 @@ impl StreamMatcher {
             }
         }
         Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+    }
+}
+
+impl TailCapture {
+    /// Where the tail starts: after the last occurrence of the literal that
+    /// is followed by a matching tail. `None` sends the caller to the full
+    /// regex.
+    fn start(&self, line: &str, cache: &mut meta::Cache) -> Option<usize> {
+        let hay = line.as_bytes();
+        let mut end = hay.len();
+        while let Some(at) = self.literal.rfind(&hay[..end]) {
+            let start = at + self.literal_len;
+            let input = Input::new(line)
+                .range(start..)
+                .anchored(regex_automata::Anchored::Yes);
+            if self.regex.is_match_with(cache, &input) {
+                return Some(start);
+            }
+            // Occurrences may overlap: the next one may end inside this one.
+            end = start - 1;
+        }
+        None
     }
 }
 
@@ -554,7 +784,76 @@ mod tests {
         assert_eq!(find_all(&m, text).len(), 1);
     }
 
+    #[test]
+    fn common_shapes_take_a_fast_path() {
+        let m = StreamMatcher::new(
+            &patterns(),
+            &[
+                filter("tail", &[r"Failed password for .* from <ip> port \d+"]),
+                filter("head", &[r#"^<ip> \S+ \S+ \[[^]]+\] "GET /\.env"#]),
+                filter("neither", &[r"from <ip>"]),
+            ],
+        )
+        .expect("compiles");
+        let tail = m.regexes[0].tail.as_ref().expect("tail path");
+        assert_eq!(tail.stop, Some(b' '));
+        assert!(m.regexes[1].head.is_some());
+        assert!(m.regexes[2].tail.is_none() && m.regexes[2].head.is_none());
+    }
+
+    const SHAPES: &[&str] = &[
+        r"Failed password for .* from <ip> port \d+",
+        r"^<ip> \S+ .*port",
+        r".* <ip> port",
+        r"from <ip>",
+        r"^<ip>:",
+        r"for .*from <ip>(?: port \d+)?",
+        r"for .* <user> from <ip>",
+        r".*from <user>",
+        r"^<user>:",
+    ];
+
+    fn token() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "from ",
+            " from",
+            " ",
+            "port ",
+            " port",
+            "22",
+            "1.2.3.4",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+            "127.0.0.1",
+            "x",
+            "Failed password for ",
+            "for ",
+            "root",
+            ":",
+            "[",
+            "]",
+            "-",
+            ".",
+            "a b",
+            "fromfrom",
+            "é",
+            "12:34:56",
+        ])
+    }
+
     proptest! {
+        #[test]
+        fn fast_paths_capture_exactly_what_the_full_regex_captures(
+            shape in prop::sample::select(SHAPES.to_vec()),
+            tokens in prop::collection::vec(token(), 0..24),
+        ) {
+            let filters = [filter("f", &[shape])];
+            let fast = StreamMatcher::new(&patterns(), &filters).expect("compiles");
+            let exact = StreamMatcher::new_without_fast_paths(&patterns(), &filters).expect("compiles");
+            let line: String = tokens.concat();
+            prop_assert_eq!(find_all(&fast, &line), find_all(&exact, &line), "line {:?}", line);
+        }
+
         #[test]
         fn find_never_panics(line in ".{0,200}") {
             let m = StreamMatcher::new(
