@@ -542,6 +542,27 @@ mod tests {
         }
 
         #[test]
+        fn compiling_arbitrary_specs_never_panics(
+            regex in ".{0,30}",
+            ignore_regex in prop::collection::vec(".{0,12}", 0..3),
+            v4 in prop::option::of(0u8..=40),
+            v6 in prop::option::of(0u8..=140),
+            kind in prop::sample::select(vec![PatternKind::Regex, PatternKind::Ip, PatternKind::Ipv4, PatternKind::Ipv6]),
+        ) {
+            let spec = PatternSpec {
+                kind,
+                ignore_regex,
+                ipv4_mask: v4,
+                ipv6_mask: v6,
+                ..PatternSpec::regex("p", &regex)
+            };
+            if let Ok(pattern) = Pattern::compile(spec) {
+                let _ = pattern.accept("192.0.2.1");
+                let _ = pattern.accept(&regex);
+            }
+        }
+
+        #[test]
         fn accept_never_panics(s in ".{0,60}") {
             let _ = ip_pattern(PatternKind::Ip).accept(&s);
         }

@@ -1171,3 +1171,58 @@ impl Checker {
         ok.then_some(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{json, yaml};
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    const VALID: &str = include_str!("../../tests/fixtures/valid/example.yml");
+
+    fn load_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        let node = yaml::parse_yaml(Path::new("c.yml"), text)?;
+        compile(&node)
+    }
+
+    #[test]
+    fn the_valid_fixture_compiles() {
+        let config = load_yaml(VALID).expect("valid");
+        assert!(!config.streams.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_yaml_never_panics(text in ".{0,300}") {
+            let _ = load_yaml(&text);
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics(text in "[\\[\\]{}\":,0-9a-z<> \\n.-]{0,200}") {
+            if let Ok(node) = json::parse_json(Path::new("c.json"), &text) {
+                let _ = compile(&node);
+            }
+        }
+
+        /// Cutting or replacing any span of a real configuration gives a
+        /// config or errors, never a panic, and every error has a location.
+        #[test]
+        fn mutated_real_configs_give_located_errors(
+            start in 0usize..VALID.len(),
+            len in 0usize..40,
+            replacement in "[ -~\\n]{0,8}",
+        ) {
+            let start = (0..=start).rev().find(|&i| VALID.is_char_boundary(i)).unwrap_or(0);
+            let end = (start + len).min(VALID.len());
+            let end = (end..=VALID.len()).find(|&i| VALID.is_char_boundary(i)).unwrap_or(VALID.len());
+            let text = format!("{}{}{}", &VALID[..start], replacement, &VALID[end..]);
+            if let Err(errors) = load_yaml(&text) {
+                prop_assert!(!errors.0.is_empty());
+                for error in &errors.0 {
+                    prop_assert!(error.loc.is_some(), "{}", error);
+                }
+            }
+        }
+    }
+}
