@@ -39,12 +39,12 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = DocFormat::Yaml)]
         format: DocFormat,
     },
-    /// Try a regex, with the configuration's <patterns>, on a line or on stdin.
+    /// Try a regex, with the configuration's `<patterns>`, on a line or on stdin.
     TestRegex {
         /// Configuration file or directory (for its patterns).
         #[arg(short, long)]
         config: PathBuf,
-        /// The regex, e.g. 'Failed password for .* from <ip>'.
+        /// The regex, e.g. `Failed password for .* from <ip>`.
         regex: String,
         /// A line to test; without it, lines are read from stdin.
         line: Option<String>,

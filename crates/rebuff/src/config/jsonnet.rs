@@ -12,7 +12,7 @@
 //!   exists; nothing outside the directory is ever read.
 //! * **Quiet, bounded evaluation.** Nothing is printed: errors come back as
 //!   values, `std.trace` output is dropped, no native functions or external
-//!   variables exist. The evaluator's call depth is capped ([`MAX_STACK`]);
+//!   variables exist. The evaluator's call depth is capped (`MAX_STACK`);
 //!   the evaluator keeps its stack on the heap, so the cap stops runaway
 //!   recursion rather than protecting the native stack.
 //! * **Recovered positions.** Evaluated JSONnet values do not remember where
