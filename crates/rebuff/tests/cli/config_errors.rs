@@ -489,21 +489,26 @@ fn a_jsonnet_import_outside_the_configuration_directory_is_rejected() {
     );
 }
 
-#[test]
-fn a_stream_defined_in_two_files_names_both() {
+/// Loads a directory of `a.yml` (a valid config) and `other`, and returns
+/// the errors, which must make the load fail.
+fn directory_errors(other_name: &str, other_text: &str) -> String {
     let config = write_config("a.yml", &with_filter(IP, "        regex: ['<ip>']\n"));
-    std::fs::write(
-        config.dir.path().join("b.yml"),
-        "streams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n        regex: ['x']\n",
-    )
-    .expect("write");
+    std::fs::write(config.dir.path().join(other_name), other_text).expect("write");
     let output = rebuff()
         .args(["test-config", "-c"])
         .arg(config.dir.path())
         .output()
         .expect("runs");
-    let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1));
+    stderr(&output)
+}
+
+#[test]
+fn a_stream_defined_in_two_files_names_both() {
+    let err = directory_errors(
+        "b.yml",
+        "streams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n        regex: ['x']\n",
+    );
     assert!(
         err.contains("b.yml:2:3") && err.contains("a.yml:5:3"),
         "{err}"
@@ -513,19 +518,7 @@ fn a_stream_defined_in_two_files_names_both() {
 
 #[test]
 fn a_pattern_defined_in_two_files_names_both() {
-    let config = write_config("a.yml", &with_filter(IP, "        regex: ['<ip>']\n"));
-    std::fs::write(
-        config.dir.path().join("b.json"),
-        "{\"patterns\": {\"ip\": {\"type\": \"ipv4\"}}}",
-    )
-    .expect("write");
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(config.dir.path())
-        .output()
-        .expect("runs");
-    let err = stderr(&output);
-    assert_eq!(output.status.code(), Some(1));
+    let err = directory_errors("b.json", "{\"patterns\": {\"ip\": {\"type\": \"ipv4\"}}}");
     assert!(
         err.contains("b.json:1:15") && err.contains("a.yml:2:3"),
         "{err}"
