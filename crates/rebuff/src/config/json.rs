@@ -535,6 +535,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tree::testing::{at, entry};
 
     fn parse(text: &str) -> Result<Node, ParseError> {
         parse_json(Path::new("conf.json"), text)
@@ -552,20 +553,6 @@ mod tests {
             Ok(node) => panic!("expected an error, got {node:?}"),
             Err(err) => err,
         }
-    }
-
-    fn entry<'n>(node: &'n Node, name: &str) -> (&'n Key, &'n Node) {
-        let Value::Map(entries) = &node.value else {
-            panic!("not a map: {node:?}")
-        };
-        match entries.iter().find(|(k, _)| k.name == name) {
-            Some((k, v)) => (k, v),
-            None => panic!("no key {name} in {node:?}"),
-        }
-    }
-
-    fn at(loc: &Loc) -> (u32, u32) {
-        (loc.line, loc.col)
     }
 
     #[test]

@@ -1393,6 +1393,7 @@ fn number(n: f64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tree::testing::{at, entry};
 
     /// A configuration directory with the given files (paths may contain
     /// sub-directories).
@@ -1433,20 +1434,6 @@ mod tests {
             Ok(node) => panic!("expected an error, got {node:?}"),
             Err(err) => (d, err),
         }
-    }
-
-    fn entry<'n>(node: &'n Node, name: &str) -> (&'n Key, &'n Node) {
-        let Value::Map(entries) = &node.value else {
-            panic!("not a map: {node:?}")
-        };
-        match entries.iter().find(|(k, _)| k.name == name) {
-            Some((k, v)) => (k, v),
-            None => panic!("no key {name} in {node:?}"),
-        }
-    }
-
-    fn at(loc: &Loc) -> (u32, u32) {
-        (loc.line, loc.col)
     }
 
     fn items(node: &Node) -> &[Node] {

@@ -113,3 +113,25 @@ impl ParseError {
 pub fn shared_path(path: &Path) -> Arc<Path> {
     Arc::from(PathBuf::from(path).as_path())
 }
+
+/// Helpers for the parsers' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Key, Loc, Node, Value};
+
+    /// The entry `name` of a map node; panics with the node otherwise.
+    pub(crate) fn entry<'n>(node: &'n Node, name: &str) -> (&'n Key, &'n Node) {
+        let Value::Map(entries) = &node.value else {
+            panic!("not a map: {node:?}")
+        };
+        match entries.iter().find(|(k, _)| k.name == name) {
+            Some((k, v)) => (k, v),
+            None => panic!("no key {name} in {node:?}"),
+        }
+    }
+
+    /// (line, column) of a location.
+    pub(crate) fn at(loc: &Loc) -> (u32, u32) {
+        (loc.line, loc.col)
+    }
+}

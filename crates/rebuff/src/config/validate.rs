@@ -200,46 +200,44 @@ impl Checker {
         }
     }
 
-    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
-        match &node.value {
-            Value::Str(s) => Some(s.clone()),
-            other => {
-                self.error(
-                    &node.loc,
-                    path,
-                    format!("expected a string, found {}", other.kind_name()),
-                );
-                None
-            }
+    /// Extracts a scalar of the expected kind, or reports what was found.
+    fn scalar<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        expected: &str,
+        extract: impl FnOnce(&Value) -> Option<T>,
+    ) -> Option<T> {
+        let value = extract(&node.value);
+        if value.is_none() {
+            self.error(
+                &node.loc,
+                path,
+                format!("expected {expected}, found {}", node.value.kind_name()),
+            );
         }
+        value
+    }
+
+    fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        self.scalar(node, path, "a string", |v| match v {
+            Value::Str(s) => Some(s.clone()),
+            _ => None,
+        })
     }
 
     fn bool(&mut self, node: &Node, path: &str) -> Option<bool> {
-        match &node.value {
+        self.scalar(node, path, "true or false", |v| match v {
             Value::Bool(b) => Some(*b),
-            other => {
-                self.error(
-                    &node.loc,
-                    path,
-                    format!("expected true or false, found {}", other.kind_name()),
-                );
-                None
-            }
-        }
+            _ => None,
+        })
     }
 
     fn int(&mut self, node: &Node, path: &str) -> Option<i64> {
-        match &node.value {
+        self.scalar(node, path, "a whole number", |v| match v {
             Value::Int(i) => Some(*i),
-            other => {
-                self.error(
-                    &node.loc,
-                    path,
-                    format!("expected a whole number, found {}", other.kind_name()),
-                );
-                None
-            }
-        }
+            _ => None,
+        })
     }
 
     fn seq<'a>(&mut self, node: &'a Node, path: &str, what: &str) -> Option<&'a [Node]> {

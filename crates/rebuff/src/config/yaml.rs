@@ -607,6 +607,7 @@ fn is_core_float(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tree::testing::at;
 
     fn parse(text: &str) -> Result<Node, ParseError> {
         parse_yaml(Path::new("test.yaml"), text)
@@ -651,10 +652,6 @@ mod tests {
             panic!("not a map: {node:?}")
         };
         entries.iter().map(|(k, _)| k.name.as_str()).collect()
-    }
-
-    fn at(loc: &Loc) -> (u32, u32) {
-        (loc.line, loc.col)
     }
 
     #[test]
