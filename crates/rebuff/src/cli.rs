@@ -28,8 +28,75 @@ pub enum DocFormat {
     Json,
 }
 
+/// Output format of `show` and `flush`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShowFormat {
+    Yaml,
+    Json,
+}
+
+/// Minimum level of the daemon's log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Where the daemon listens and clients connect, as reaction's users expect
+/// (`/run/reaction/reaction.sock` is upstream's default; rebuff has its own).
+pub const DEFAULT_SOCKET: &str = "/run/rebuff/rebuff.sock";
+
+/// The arguments `show` and `flush` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SelectArgs {
+    /// Control socket of the daemon.
+    #[arg(short, long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = ShowFormat::Yaml)]
+    pub format: ShowFormat,
+    /// Only this stream, or this stream's filter (`STREAM[.FILTER]`).
+    #[arg(short, long, value_name = "STREAM[.FILTER]")]
+    pub limit: Option<String>,
+    /// Only entries whose pattern NAME has a value matching the regex VALUE
+    /// (whole value), e.g. `ip=192.0.2.1`.
+    #[arg(value_name = "NAME=VALUE")]
+    pub patterns: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: start commands, streams, actions, control socket.
+    Start {
+        /// Configuration file or directory.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Minimum level of log lines.
+        #[arg(short = 'l', long = "loglevel", value_enum, default_value_t = LogLevel::Info)]
+        loglevel: LogLevel,
+        /// Control socket to create.
+        #[arg(short, long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print current matches and pending actions.
+    Show(SelectArgs),
+    /// Run matching pending actions now and forget their matches.
+    Flush(SelectArgs),
+    /// Act as if a filter triggered for the given values.
+    Trigger {
+        /// Control socket of the daemon.
+        #[arg(short, long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The filter, as `STREAM.FILTER`.
+        #[arg(value_name = "STREAM.FILTER")]
+        target: String,
+        /// One value per pattern of the filter, e.g. `ip=192.0.2.1`.
+        #[arg(value_name = "NAME=VALUE", required = true)]
+        patterns: Vec<String>,
+    },
     /// Validate a configuration, then print it merged.
     TestConfig {
         /// Configuration file or directory.

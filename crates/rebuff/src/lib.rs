@@ -13,6 +13,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod lines;
 pub mod progress;
 pub mod replay;

@@ -106,6 +106,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             replay::run(&config, &options, &mut out)?;
         }
+        Command::Start { .. } | Command::Show(_) | Command::Flush(_) | Command::Trigger { .. } => {
+            anyhow::bail!("not implemented yet")
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

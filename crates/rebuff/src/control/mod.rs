@@ -1,0 +1,71 @@
+//! The control socket: `show`, `flush` and `trigger` between the CLI and the
+//! daemon.
+//!
+//! The wire format is one JSON [`Request`] line from the client, then one
+//! JSON [`Response`] document from the daemon, then the daemon closes the
+//! connection. [`server`] accepts connections and hands each request to the
+//! tracker as a [`ControlCmd`]; [`client`] is what the CLI commands use.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// Protocol version both sides check, so a client of another release gets
+/// a clear error instead of a misread answer.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// `STREAM` or `STREAM.FILTER` (`-l/--limit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    pub stream: String,
+    pub filter: Option<String>,
+}
+
+/// Which entries `show` and `flush` act on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    pub limit: Option<Limit>,
+    /// `(pattern name, regex)` pairs; the regex must match the whole value.
+    pub patterns: Vec<(String, String)>,
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Show(Selection),
+    Flush(Selection),
+    Trigger {
+        stream: String,
+        filter: String,
+        /// `(pattern name, value)` pairs, one per pattern of the filter.
+        patterns: Vec<(String, String)>,
+    },
+}
+
+/// A request with its protocol version, as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// The daemon's answer: the `show` tree
+/// (`stream -> filter -> "values joined by a space" -> {matches, actions}`)
+/// or an error message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// A request on its way to the tracker, with where the answer goes.
+#[derive(Debug)]
+pub struct ControlCmd {
+    pub request: Request,
+    pub respond: oneshot::Sender<Response>,
+}

@@ -1,0 +1,1 @@
+//! Accepts control connections and forwards requests to the tracker.
