@@ -74,6 +74,22 @@ impl FilterPlan {
     pub fn longest_delay(&self) -> Option<Time> {
         self.actions.iter().filter_map(|a| a.after).max()
     }
+
+    /// Whether `action` runs for `values` at all: `ipv4only`/`ipv6only`
+    /// look at the value in [`FilterPlan::ip_slot`].
+    pub fn action_applies(&self, action: usize, values: &[String]) -> bool {
+        let Some(spec) = self.actions.get(action) else {
+            return false;
+        };
+        let is_v6 = self
+            .ip_slot
+            .and_then(|slot| values.get(slot))
+            .map(|v| value_is_ipv6(v));
+        !matches!(
+            (spec.ip_only, is_v6),
+            (Some(IpOnly::V4), Some(true)) | (Some(IpOnly::V6), Some(false))
+        )
+    }
 }
 
 /// An action due at a given time.
@@ -225,23 +241,13 @@ impl FilterDecider {
     }
 
     fn trigger(&mut self, values: Values, now: Time, kind: TriggerKind) -> Trigger {
-        let is_v6 = self
-            .plan
-            .ip_slot
-            .and_then(|slot| values.get(slot))
-            .map(|v| value_is_ipv6(v));
         let actions = self
             .plan
             .actions
             .iter()
             .enumerate()
             .filter(|(_, a)| kind != TriggerKind::Extend || a.after.is_some())
-            .filter(|(_, a)| {
-                !matches!(
-                    (a.ip_only, is_v6),
-                    (Some(IpOnly::V4), Some(true)) | (Some(IpOnly::V6), Some(false))
-                )
-            })
+            .filter(|(action, _)| self.plan.action_applies(*action, &values))
             .map(|(action, a)| ScheduledAction {
                 action,
                 at: now.saturating_add(a.after.unwrap_or(0)),

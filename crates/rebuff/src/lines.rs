@@ -91,6 +91,20 @@ impl<R: Read> LineReader<R> {
         self.consumed
     }
 
+    /// Whether the next [`LineReader::next_line`] can answer from the
+    /// buffer, without reading (and so without possibly blocking). A
+    /// reader of a live pipe hands on what it collected before it blocks.
+    pub fn has_buffered_line(&self) -> bool {
+        if self.eof {
+            return true;
+        }
+        // Skipping the rest of a long line may need reads: say no, which
+        // only costs an early hand-on.
+        !self.skipping
+            && (memchr::memchr(b'\n', &self.buf[self.scanned..self.end]).is_some()
+                || self.end - self.start >= self.max_line.saturating_add(2))
+    }
+
     /// The next line, `None` at the end of the input. A last line without a
     /// final `\n` is returned too; an empty input has no lines.
     pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {

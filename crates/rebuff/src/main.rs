@@ -6,9 +6,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches};
-use rebuff::cli::{Cli, Command};
+use rebuff::cli::{Cli, Command, ShowFormat};
 use rebuff::config::{self, Config};
-use rebuff::{check, replay};
+use rebuff::control::{Request, client};
+use rebuff::{check, daemon, log, replay};
 
 fn main() -> ExitCode {
     // Invoked through a symlink named `reaction`, rebuff answers as reaction
@@ -106,8 +107,44 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             replay::run(&config, &options, &mut out)?;
         }
-        Command::Start { .. } | Command::Show(_) | Command::Flush(_) | Command::Trigger { .. } => {
-            anyhow::bail!("not implemented yet")
+        Command::Start {
+            config,
+            loglevel,
+            socket,
+        } => {
+            let _log = log::init(loglevel);
+            let config = load(&config)?;
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            match daemon::run(config, daemon::StartOptions { socket })? {
+                daemon::Exit::Clean => {}
+                daemon::Exit::StartFailed => return Ok(ExitCode::FAILURE),
+            }
+        }
+        Command::Show(args) => {
+            let request = Request::Show(client::selection(&args)?);
+            let tree = client::request(&args.socket, request)?;
+            client::print_tree(&tree, args.format, &mut out)?;
+        }
+        Command::Flush(args) => {
+            let request = Request::Flush(client::selection(&args)?);
+            let tree = client::request(&args.socket, request)?;
+            client::print_tree(&tree, args.format, &mut out)?;
+        }
+        Command::Trigger {
+            socket,
+            target,
+            patterns,
+        } => {
+            let (stream, filter) = client::parse_target(&target)?;
+            let request = Request::Trigger {
+                stream,
+                filter,
+                patterns: client::parse_patterns(&patterns)?,
+            };
+            let tree = client::request(&socket, request)?;
+            client::print_tree(&tree, ShowFormat::Yaml, &mut out)?;
         }
     }
     out.flush()?;

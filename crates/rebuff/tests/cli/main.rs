@@ -2,6 +2,7 @@
 //! real configuration files. One integration binary, one module per surface.
 
 mod config_errors;
+mod daemon;
 mod replay;
 mod tools;
 

@@ -1,0 +1,1008 @@
+//! Embedded persistent state: the jails that must survive a restart.
+//!
+//! [`Store`] owns `rebuff.db` in the state directory, an append-only log of
+//! what happened to each (stream, filter, values) key: pending matches
+//! inside a filter's retry window, and triggers whose delayed actions have
+//! not all run. It receives [`Record`]s from the tracker, its single owner,
+//! which calls it synchronously; it sends back, once, at [`Store::open`],
+//! the [`Restored`] state replayed from the log.
+//!
+//! An append-only log was chosen over redb as simpler and as safe: every
+//! record is framed with its length and CRC32, so a torn last write (a
+//! crash mid-commit) is detected and dropped; [`Store::append`] only
+//! buffers, and [`Store::commit`] writes a whole group with one `write(2)`
+//! and, when asked, one `fdatasync(2)`; [`Store::compact`] rewrites the
+//! live state to a temporary file and renames it over the log, so the log
+//! on disk is at every instant either the old one or the new one.
+//!
+//! # File format
+//!
+//! All integers are little-endian.
+//!
+//! - Header (16 bytes): magic `RBFSTATE`, u32 format version (1), u32
+//!   reserved (0). A file whose header differs in any way (short, foreign
+//!   magic, newer version, reserved bits set) is never read: it is renamed
+//!   to `rebuff.db.unsupported-<unix seconds>` (plus `.N` if taken) and the
+//!   store starts empty.
+//! - Then frames: u32 payload length (at most 16 MiB), u32 CRC32 of the
+//!   payload, the payload.
+//! - A payload is a u8 kind and its fields. A string is a u32 byte length
+//!   and UTF-8 bytes; a time is a u64 (ms since the Unix epoch); values are
+//!   a u16 count and that many strings. Every kind starts with the key:
+//!   stream, filter, values.
+//!   - 1 Match: key, time.
+//!   - 2 Trigger: key, time, u8 replace (0 or 1).
+//!   - 3 Done: key, time (of the trigger that has run all its delayed
+//!     actions, or was dropped).
+//!   - 4 Forget: key (a flush: drop everything about the key).
+//!
+//! Reading stops at the first frame that is truncated, fails its CRC, has
+//! a length over the cap or does not decode (unknown kind, bad UTF-8,
+//! trailing bytes); the file is truncated there, so that later appends are
+//! not hidden behind the garbage.
+//!
+//! A separate `rebuff.lock`, flock'ed for the store's lifetime, keeps two
+//! daemons from sharing a state directory. It is a separate file because
+//! compaction replaces `rebuff.db`, and a lock on a replaced file protects
+//! nothing. It is never deleted: deleting a lock file races with the next
+//! process that opens it.
+
+mod codec;
+
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rebuff_engine::{Time, Values};
+use rustix::fs::FlockOperation;
+
+const DB_FILE: &str = "rebuff.db";
+const TMP_FILE: &str = "rebuff.db.tmp";
+const LOCK_FILE: &str = "rebuff.lock";
+/// Appending less than this since the last compaction never makes one worth
+/// it, however small the live state.
+const MIN_COMPACTION: u64 = 8 * 1024 * 1024;
+
+/// A record as the tracker appends it (borrowed, so the hot path does not
+/// clone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record<'a> {
+    Match {
+        stream: &'a str,
+        filter: &'a str,
+        values: &'a [String],
+        time: Time,
+    },
+    /// `replace`: an `extend` duplicate; it replaces the key's pending
+    /// triggers instead of adding one.
+    Trigger {
+        stream: &'a str,
+        filter: &'a str,
+        values: &'a [String],
+        time: Time,
+        replace: bool,
+    },
+    /// The trigger made at `time` has run all its delayed actions, or was
+    /// dropped.
+    Done {
+        stream: &'a str,
+        filter: &'a str,
+        values: &'a [String],
+        time: Time,
+    },
+    /// A flush: everything about the key is forgotten.
+    Forget {
+        stream: &'a str,
+        filter: &'a str,
+        values: &'a [String],
+    },
+}
+
+/// What the log says about one (stream, filter, values) key after
+/// replaying it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredEntry {
+    pub stream: String,
+    pub filter: String,
+    pub values: Values,
+    /// Match times, in the order they were appended.
+    pub matches: Vec<Time>,
+    /// Times of the triggers with delayed actions still pending.
+    pub triggers: Vec<Time>,
+}
+
+/// The state replayed from the log at [`Store::open`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// Keys with at least one match or trigger, in first-seen order.
+    pub entries: Vec<RestoredEntry>,
+    /// Records replayed.
+    pub records: u64,
+    /// Bytes dropped at the end of the file: a torn last write (crash
+    /// mid-commit) or corruption.
+    pub dropped_tail_bytes: u64,
+    /// Set when the file had an unknown or newer format version (or bad
+    /// magic) and was renamed to this path; the store then starts empty.
+    pub moved_aside: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "state directory is in use by another process (lock held on {})",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+}
+
+/// An I/O error with what was being done, and to what.
+fn io_err(action: &'static str, path: &Path, source: io::Error) -> StoreError {
+    StoreError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The open log. Dropping it releases the lock; records appended but not
+/// committed are lost.
+pub struct Store {
+    dir: PathBuf,
+    path: PathBuf,
+    /// Opened in append mode, so every write lands at the end whatever was
+    /// truncated before it.
+    file: File,
+    /// Held only for its flock.
+    _lock: File,
+    /// Encoded frames appended since the last commit.
+    buf: Vec<u8>,
+    /// Bytes of whole frames (plus the header) in the file.
+    size: u64,
+    /// Committed bytes not yet covered by an fdatasync.
+    unsynced: bool,
+    /// A failed write may have left part of a frame after `size`, and
+    /// truncating it away failed too: it must be cut before the next write.
+    torn: bool,
+    /// The size right after the last compaction (or what a compaction
+    /// would have left at open).
+    compacted_size: u64,
+    /// Bytes committed since then.
+    appended: u64,
+    min_compaction: u64,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("buffered", &self.buf.len())
+            .field("unsynced", &self.unsynced)
+            .field("compacted_size", &self.compacted_size)
+            .field("appended", &self.appended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens `dir/rebuff.db`, creating the directory (mode 0700) and the
+    /// file when missing, locks the directory, and replays every record.
+    ///
+    /// Fails with [`StoreError::Locked`] when another process (or another
+    /// `Store` in this one) holds the directory.
+    pub fn open(dir: &Path) -> Result<(Store, Restored), StoreError> {
+        Self::open_with(dir, MIN_COMPACTION)
+    }
+
+    /// `open`, with the compaction threshold as a parameter so that tests
+    /// need not write megabytes.
+    fn open_with(dir: &Path, min_compaction: u64) -> Result<(Store, Restored), StoreError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io_err("create state directory", dir, e))?;
+        let lock = lock(dir)?;
+        let path = dir.join(DB_FILE);
+        // A compaction interrupted before its rename: the log itself is
+        // still whole, and the temporary file is worthless.
+        remove_if_present(&dir.join(TMP_FILE))?;
+
+        let mut file = open_append(&path, false)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| io_err("read", &path, e))?;
+        let mut restored = Restored::default();
+        if !bytes.is_empty() && !codec::header_supported(&bytes) {
+            let aside = aside_path(&path, unix_seconds())?;
+            fs::rename(&path, &aside).map_err(|e| io_err("move aside", &path, e))?;
+            restored.moved_aside = Some(aside);
+            file = open_append(&path, true)?;
+            bytes.clear();
+        }
+
+        let (size, compacted_size) = if bytes.is_empty() {
+            file.write_all(&codec::header())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_err("write", &path, e))?;
+            sync_dir(dir)?;
+            let size = codec::HEADER_LEN as u64;
+            (size, size)
+        } else {
+            let replayed = codec::replay(&bytes[codec::HEADER_LEN..]);
+            let size = (codec::HEADER_LEN + replayed.good_len) as u64;
+            restored.dropped_tail_bytes = bytes.len() as u64 - size;
+            if restored.dropped_tail_bytes > 0 {
+                file.set_len(size)
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| io_err("truncate", &path, e))?;
+            }
+            restored.records = replayed.records;
+            restored.entries = replayed.entries;
+            // As if a compaction had just run: otherwise a daemon restarted
+            // more often than it appends `MIN_COMPACTION` would never
+            // compact, and its log would grow forever.
+            let live: u64 = restored.entries.iter().map(codec::live_size).sum();
+            (size, codec::HEADER_LEN as u64 + live)
+        };
+
+        let store = Store {
+            dir: dir.to_owned(),
+            path,
+            file,
+            _lock: lock,
+            buf: Vec::new(),
+            size,
+            unsynced: false,
+            torn: false,
+            compacted_size,
+            appended: size.saturating_sub(compacted_size),
+            min_compaction,
+        };
+        Ok((store, restored))
+    }
+
+    /// Buffers a record in memory; nothing reaches the file before
+    /// [`commit`](Self::commit).
+    ///
+    /// A record that cannot be framed (over 65535 values, or over 16 MiB)
+    /// is dropped with a warning: a reader would stop at its frame and
+    /// lose every record after it.
+    pub fn append(&mut self, record: &Record<'_>) {
+        encode_or_warn(&mut self.buf, record, &self.path);
+    }
+
+    /// Writes the buffered records with one `write(2)`, then
+    /// `fdatasync(2)`s the file when `durable`, and returns the number of
+    /// bytes written.
+    ///
+    /// When `durable`, every record committed so far is on disk on
+    /// success, including earlier non-durable commits. On error the
+    /// records stay buffered for the next commit, and the file is cut back
+    /// to its last whole frame.
+    pub fn commit(&mut self, durable: bool) -> Result<u64, StoreError> {
+        if self.torn {
+            self.file
+                .set_len(self.size)
+                .map_err(|e| io_err("truncate", &self.path, e))?;
+            self.torn = false;
+        }
+        let written = self.buf.len() as u64;
+        if written > 0 {
+            if let Err(e) = self.file.write_all(&self.buf) {
+                // Part of the buffer may be in the file; a later frame
+                // written after that part would be unreadable.
+                self.torn = self.file.set_len(self.size).is_err();
+                return Err(io_err("write", &self.path, e));
+            }
+            self.buf.clear();
+            self.size += written;
+            self.appended += written;
+            self.unsynced = true;
+        }
+        if durable && self.unsynced {
+            self.file
+                .sync_data()
+                .map_err(|e| io_err("sync", &self.path, e))?;
+            self.unsynced = false;
+        }
+        Ok(written)
+    }
+
+    /// Whether the log grew enough since the last compaction that
+    /// rewriting it is worth it: more than the larger of 8 MiB and twice
+    /// the size the last compaction left.
+    pub fn needs_compaction(&self) -> bool {
+        self.appended > self.min_compaction.max(2 * self.compacted_size)
+    }
+
+    /// Rewrites the log with only `live`, the caller's current state as
+    /// `Match` and `Trigger` (with `replace: false`) records.
+    ///
+    /// Buffered records are committed first, so that if the rewrite fails
+    /// the old log is whole and current. Every `Trigger` is written before
+    /// every `Match`, so a key's matches survive the replay of its triggers
+    /// whatever order `live` gives them in. `Done` and `Forget` describe
+    /// changes, not state, and are skipped.
+    ///
+    /// The new file is written as `rebuff.db.tmp`, fsync'ed, renamed over
+    /// `rebuff.db`, and the directory fsync'ed; appends continue in it.
+    pub fn compact<'a>(
+        &mut self,
+        live: impl Iterator<Item = Record<'a>>,
+    ) -> Result<(), StoreError> {
+        self.commit(false)?;
+        let mut triggers = Vec::from(codec::header());
+        let mut matches = Vec::new();
+        for record in live {
+            let buf = match record {
+                Record::Trigger { .. } => &mut triggers,
+                Record::Match { .. } => &mut matches,
+                Record::Done { .. } | Record::Forget { .. } => continue,
+            };
+            encode_or_warn(buf, &record, &self.path);
+        }
+
+        let tmp = self.dir.join(TMP_FILE);
+        // Left by an earlier compaction that failed and could not clean up.
+        remove_if_present(&tmp)?;
+        let written = open_append(&tmp, true).and_then(|mut file| {
+            file.write_all(&triggers)
+                .and_then(|()| file.write_all(&matches))
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_err("write", &tmp, e))?;
+            fs::rename(&tmp, &self.path).map_err(|e| io_err("rename", &tmp, e))?;
+            Ok(file)
+        });
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                // The old log is untouched; the next open removes what is
+                // left of the temporary file anyway.
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // From the rename on, the new file is the log: switch to it before
+        // anything else can fail.
+        self.file = file;
+        self.size = (triggers.len() + matches.len()) as u64;
+        self.compacted_size = self.size;
+        self.appended = 0;
+        self.unsynced = false;
+        self.torn = false;
+        sync_dir(&self.dir)
+    }
+
+    /// The log's path, `<state directory>/rebuff.db`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes in the file (header and committed records), for metrics.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+fn encode_or_warn(buf: &mut Vec<u8>, record: &Record<'_>, path: &Path) {
+    if let Err(why) = codec::encode(buf, record) {
+        tracing::warn!(?why, path = %path.display(), "state record too large to persist; dropped");
+    }
+}
+
+/// Takes the directory's lock, or says who has it.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| io_err("open", &path, e))?;
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::Locked { path }),
+        Err(e) => Err(io_err("lock", &path, e.into())),
+    }
+}
+
+/// Opens `path` for appending (and reading), creating it mode 0600;
+/// `fresh`: it must not exist yet.
+fn open_append(path: &Path, fresh: bool) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(!fresh)
+        .create_new(fresh)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_err("open", path, e))
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Makes renames and file creations in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync", dir, e))
+}
+
+/// The first free `rebuff.db.unsupported-<secs>[.N]` beside `path`.
+fn aside_path(path: &Path, secs: u64) -> Result<PathBuf, StoreError> {
+    let mut base = path.as_os_str().to_owned();
+    base.push(format!(".unsupported-{secs}"));
+    for n in 0u32.. {
+        let mut candidate = base.clone();
+        if n > 0 {
+            candidate.push(format!(".{n}"));
+        }
+        let candidate = PathBuf::from(candidate);
+        match fs::symlink_metadata(&candidate) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(candidate),
+            Err(e) => return Err(io_err("inspect", &candidate, e)),
+            Ok(_) => {}
+        }
+    }
+    Err(io_err("move aside", path, io::Error::other("no free name")))
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn values(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn open(dir: &Path) -> (Store, Restored) {
+        Store::open(dir).expect("open store")
+    }
+
+    fn matched<'a>(values: &'a [String], time: Time) -> Record<'a> {
+        Record::Match {
+            stream: "ssh",
+            filter: "failed",
+            values,
+            time,
+        }
+    }
+
+    fn triggered<'a>(values: &'a [String], time: Time, replace: bool) -> Record<'a> {
+        Record::Trigger {
+            stream: "ssh",
+            filter: "failed",
+            values,
+            time,
+            replace,
+        }
+    }
+
+    fn done<'a>(values: &'a [String], time: Time) -> Record<'a> {
+        Record::Done {
+            stream: "ssh",
+            filter: "failed",
+            values,
+            time,
+        }
+    }
+
+    fn forget<'a>(values: &'a [String]) -> Record<'a> {
+        Record::Forget {
+            stream: "ssh",
+            filter: "failed",
+            values,
+        }
+    }
+
+    fn entry(values: &[String], matches: &[Time], triggers: &[Time]) -> RestoredEntry {
+        RestoredEntry {
+            stream: "ssh".into(),
+            filter: "failed".into(),
+            values: values.into(),
+            matches: matches.to_vec(),
+            triggers: triggers.to_vec(),
+        }
+    }
+
+    fn append_all(store: &mut Store, records: &[Record<'_>]) {
+        for record in records {
+            store.append(record);
+        }
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        fs::metadata(path).expect("stat").len()
+    }
+
+    #[test]
+    fn records_round_trip_through_reopen_with_the_replay_semantics() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b, c, d) = (
+            values(&["1.1.1.1"]),
+            values(&["2.2.2.2"]),
+            values(&["3.3.3.3"]),
+            values(&["4.4.4.4"]),
+        );
+        let (mut store, restored) = open(dir.path());
+        assert_eq!(restored, Restored::default());
+        let other_filter = Record::Match {
+            stream: "ssh",
+            filter: "invalid",
+            values: &a,
+            time: 9,
+        };
+        let records = [
+            // a: a trigger uses up the matches before it, not those after.
+            matched(&a, 1),
+            matched(&a, 2),
+            triggered(&a, 3, false),
+            matched(&a, 4),
+            // b: triggers add up until a replacing one; done removes one.
+            triggered(&b, 1, false),
+            triggered(&b, 2, false),
+            triggered(&b, 3, true),
+            triggered(&b, 5, false),
+            triggered(&b, 5, false),
+            done(&b, 5),
+            done(&b, 99),
+            // c: forgotten, then seen again: it comes back as a new key.
+            matched(&c, 1),
+            triggered(&c, 2, false),
+            forget(&c),
+            forget(&d),
+            // d: every trigger done, nothing left: not returned.
+            triggered(&d, 1, false),
+            done(&d, 1),
+            other_filter,
+            matched(&c, 7),
+        ];
+        append_all(&mut store, &records);
+        assert!(store.commit(true).expect("commit") > 0);
+        assert_eq!(store.size(), file_len(store.path()));
+        drop(store);
+
+        let (_store, restored) = open(dir.path());
+        let mut other = entry(&a, &[9], &[]);
+        other.filter = "invalid".into();
+        assert_eq!(
+            restored.entries,
+            vec![
+                entry(&a, &[4], &[3]),
+                entry(&b, &[], &[3, 5]),
+                other,
+                entry(&c, &[7], &[]),
+            ]
+        );
+        assert_eq!(restored.records, records.len() as u64);
+        assert_eq!(restored.dropped_tail_bytes, 0);
+        assert_eq!(restored.moved_aside, None);
+    }
+
+    #[test]
+    fn a_torn_last_frame_loses_only_that_record_and_later_appends_are_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(dir.path());
+        append_all(&mut store, &[matched(&v, 1), matched(&v, 2)]);
+        store.commit(false).expect("commit");
+        let before_last = store.size();
+        store.append(&matched(&v, 3));
+        store.commit(true).expect("commit");
+        let full = store.size();
+        let path = store.path().to_owned();
+        drop(store);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(full - 3))
+            .expect("truncate");
+
+        let (mut store, restored) = open(dir.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[1, 2], &[])]);
+        assert_eq!(restored.records, 2);
+        assert_eq!(restored.dropped_tail_bytes, full - 3 - before_last);
+        assert_eq!(file_len(&path), before_last);
+        store.append(&matched(&v, 4));
+        store.commit(true).expect("commit");
+        drop(store);
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[1, 2, 4], &[])]);
+        assert_eq!(restored.dropped_tail_bytes, 0);
+    }
+
+    #[test]
+    fn a_flipped_byte_drops_the_rest_of_the_file_and_counts_the_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(dir.path());
+        store.append(&matched(&v, 1));
+        store.commit(false).expect("commit");
+        let first_end = store.size();
+        store.append(&matched(&v, 2));
+        store.commit(false).expect("commit");
+        let second_end = store.size();
+        store.append(&matched(&v, 3));
+        store.commit(true).expect("commit");
+        let full = store.size();
+        let path = store.path().to_owned();
+        drop(store);
+        let mut bytes = fs::read(&path).expect("read");
+        let middle = usize::try_from((first_end + second_end) / 2).expect("small");
+        bytes[middle] ^= 0x40;
+        fs::write(&path, &bytes).expect("write");
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[1], &[])]);
+        assert_eq!(restored.records, 1);
+        assert_eq!(restored.dropped_tail_bytes, full - first_end);
+        assert_eq!(file_len(&path), first_end);
+    }
+
+    #[test]
+    fn a_frame_with_a_valid_crc_but_an_unknown_kind_ends_the_replay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(dir.path());
+        store.append(&matched(&v, 1));
+        store.commit(true).expect("commit");
+        let good = store.size();
+        let path = store.path().to_owned();
+        drop(store);
+        let payload = [9u8, 0, 0, 0, 0];
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        let mut more = Vec::new();
+        codec::encode(&mut more, &matched(&v, 2)).expect("encode");
+        let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+        file.write_all(&frame).expect("write");
+        file.write_all(&more).expect("write");
+        drop(file);
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[1], &[])]);
+        assert_eq!(
+            restored.dropped_tail_bytes,
+            (frame.len() + more.len()) as u64
+        );
+        assert_eq!(file_len(&path), good);
+    }
+
+    fn assert_moved_aside_and_empty(content: &[u8]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        fs::write(&path, content).expect("write");
+
+        let (store, restored) = open(dir.path());
+        let aside = restored.moved_aside.clone().expect("moved aside");
+        assert!(
+            aside
+                .to_str()
+                .expect("utf-8 path")
+                .contains("rebuff.db.unsupported-"),
+            "{aside:?}"
+        );
+        assert_eq!(fs::read(&aside).expect("read aside"), content);
+        assert_eq!(restored.entries, []);
+        assert_eq!(restored.records, 0);
+        assert_eq!(store.size(), codec::HEADER_LEN as u64);
+        assert_eq!(fs::read(&path).expect("read"), codec::header());
+        drop(store);
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored, Restored::default());
+    }
+
+    #[test]
+    fn a_newer_format_version_is_moved_aside_unread_and_the_store_starts_empty() {
+        let v = values(&["1.1.1.1"]);
+        let mut content = codec::header().to_vec();
+        content[8..12].copy_from_slice(&2u32.to_le_bytes());
+        // A frame this build could decode: it must not be read anyway.
+        codec::encode(&mut content, &matched(&v, 1)).expect("encode");
+        assert_moved_aside_and_empty(&content);
+    }
+
+    #[test]
+    fn a_file_with_foreign_magic_a_short_header_or_reserved_bits_is_moved_aside() {
+        assert_moved_aside_and_empty(b"SQLite format 3\0 and then some more bytes");
+        assert_moved_aside_and_empty(b"RBF");
+        let mut reserved = codec::header();
+        reserved[12] = 1;
+        assert_moved_aside_and_empty(&reserved);
+    }
+
+    #[test]
+    fn moving_aside_picks_the_first_free_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        let first = aside_path(&path, 42).expect("name");
+        assert_eq!(first, dir.path().join("rebuff.db.unsupported-42"));
+        fs::write(&first, b"x").expect("write");
+        fs::write(dir.path().join("rebuff.db.unsupported-42.1"), b"x").expect("write");
+        assert_eq!(
+            aside_path(&path, 42).expect("name"),
+            dir.path().join("rebuff.db.unsupported-42.2")
+        );
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_fails_with_locked_while_the_first_lives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        match Store::open(dir.path()) {
+            Err(StoreError::Locked { path }) => assert_eq!(path, dir.path().join(LOCK_FILE)),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(store);
+        open(dir.path());
+    }
+
+    #[test]
+    fn a_missing_state_directory_is_created_private_with_a_header_only_log() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("var").join("rebuff");
+        let (store, restored) = open(&state);
+        assert_eq!(restored, Restored::default());
+        let mode = fs::metadata(&state).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(store.path(), state.join(DB_FILE));
+        assert_eq!(fs::read(store.path()).expect("read"), codec::header());
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_an_interrupted_compaction_is_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(dir.path());
+        store.append(&matched(&v, 1));
+        store.commit(true).expect("commit");
+        drop(store);
+        fs::write(dir.path().join(TMP_FILE), b"half a compaction").expect("write");
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[1], &[])]);
+        assert!(!dir.path().join(TMP_FILE).exists());
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_the_live_records_and_later_appends_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b, c) = (
+            values(&["1.1.1.1"]),
+            values(&["2.2.2.2"]),
+            values(&["3.3.3.3"]),
+        );
+        let (mut store, _) = open(dir.path());
+        for time in 0..200 {
+            append_all(
+                &mut store,
+                &[
+                    matched(&c, time),
+                    triggered(&c, time, false),
+                    done(&c, time),
+                ],
+            );
+        }
+        store.commit(true).expect("commit");
+        // Buffered, not committed: `compact` commits it before rewriting.
+        store.append(&matched(&a, 1000));
+        let before = store.size();
+
+        // A key's match given before its trigger must survive the replay.
+        let live = [matched(&b, 7), triggered(&b, 5, false), matched(&a, 1000)];
+        store.compact(live.into_iter()).expect("compact");
+        assert!(store.size() < before, "{} < {before}", store.size());
+        assert_eq!(store.size(), file_len(store.path()));
+        assert!(!dir.path().join(TMP_FILE).exists());
+        store.append(&matched(&c, 2000));
+        store.commit(true).expect("commit");
+        drop(store);
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(
+            restored.entries,
+            vec![
+                entry(&b, &[7], &[5]),
+                entry(&a, &[1000], &[]),
+                entry(&c, &[2000], &[]),
+            ]
+        );
+        assert_eq!(restored.records, 4);
+    }
+
+    #[test]
+    fn the_lock_still_holds_after_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut store, _) = open(dir.path());
+        store.compact(std::iter::empty()).expect("compact");
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked { .. })
+        ));
+    }
+
+    #[test]
+    fn non_ascii_empty_and_many_values_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let odd = values(&["ünïcødé 🚫", "", "tab\there", "\0"]);
+        let many: Vec<String> = (0..1000).map(|i| format!("v{i}")).collect();
+        let none: Vec<String> = Vec::new();
+        let (mut store, _) = open(dir.path());
+        append_all(
+            &mut store,
+            &[
+                matched(&odd, 1),
+                triggered(&many, 2, true),
+                Record::Match {
+                    stream: "",
+                    filter: "фильтр",
+                    values: &none,
+                    time: Time::MAX,
+                },
+            ],
+        );
+        store.commit(true).expect("commit");
+        drop(store);
+
+        let (_store, restored) = open(dir.path());
+        let empty_key = RestoredEntry {
+            stream: String::new(),
+            filter: "фильтр".into(),
+            values: Values::default(),
+            matches: vec![Time::MAX],
+            triggers: vec![],
+        };
+        assert_eq!(
+            restored.entries,
+            vec![entry(&odd, &[1], &[]), entry(&many, &[], &[2]), empty_key]
+        );
+    }
+
+    #[test]
+    fn a_record_too_large_to_frame_is_dropped_without_harming_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let too_many = vec![String::new(); usize::from(u16::MAX) + 1];
+        let (mut store, _) = open(dir.path());
+        store.append(&matched(&too_many, 1));
+        assert_eq!(store.commit(true).expect("commit"), 0);
+        store.append(&matched(&v, 2));
+        store.commit(true).expect("commit");
+        drop(store);
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[2], &[])]);
+        assert_eq!(restored.dropped_tail_bytes, 0);
+    }
+
+    #[test]
+    fn commit_reports_the_bytes_it_wrote_and_size_follows_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(dir.path());
+        assert_eq!(store.commit(true).expect("commit"), 0);
+        store.append(&matched(&v, 1));
+        let mut expected = Vec::new();
+        codec::encode(&mut expected, &matched(&v, 1)).expect("encode");
+        assert_eq!(store.commit(false).expect("commit"), expected.len() as u64);
+        assert_eq!(store.size(), (codec::HEADER_LEN + expected.len()) as u64);
+        assert_eq!(store.size(), file_len(store.path()));
+    }
+
+    #[test]
+    fn needs_compaction_becomes_true_after_enough_appends_and_false_after_compacting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = Store::open_with(dir.path(), 1024).expect("open");
+        assert!(!store.needs_compaction());
+        let mut appended = 0;
+        let mut time = 0;
+        while !store.needs_compaction() {
+            store.append(&matched(&v, time));
+            appended += store.commit(false).expect("commit");
+            time += 1;
+        }
+        assert!(appended > 1024, "{appended}");
+        assert!(time > 1, "one record alone should not be enough");
+
+        let live = [matched(&v, 0)];
+        store.compact(live.into_iter()).expect("compact");
+        assert!(!store.needs_compaction());
+    }
+
+    #[test]
+    fn a_reopened_log_that_is_mostly_dead_records_needs_compaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(dir.path());
+        for time in 0..100 {
+            store.append(&matched(&v, time));
+        }
+        store.append(&forget(&v));
+        store.commit(true).expect("commit");
+        drop(store);
+
+        let (store, restored) = Store::open_with(dir.path(), 1024).expect("open");
+        assert_eq!(restored.entries, []);
+        assert!(store.needs_compaction());
+    }
+
+    /// Content for a `rebuff.db`: raw bytes, a good header then raw bytes,
+    /// or a good header then frames with valid CRCs around arbitrary
+    /// payloads (so the payload decoder is exercised, not just the CRC).
+    fn any_file() -> impl Strategy<Value = Vec<u8>> {
+        let bytes = || proptest::collection::vec(any::<u8>(), 0..200);
+        prop_oneof![
+            bytes(),
+            bytes().prop_map(|tail| [codec::header().as_slice(), &tail].concat()),
+            proptest::collection::vec(bytes(), 0..8).prop_map(|payloads| {
+                let mut file = codec::header().to_vec();
+                for payload in payloads {
+                    file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                    file.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+                    file.extend_from_slice(&payload);
+                }
+                file
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn any_file_content_opens_without_panic_and_reopens_clean(content in any_file()) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(DB_FILE);
+            fs::write(&path, &content).expect("write");
+
+            let (store, restored) = open(dir.path());
+            let len = content.len() as u64;
+            if let Some(aside) = &restored.moved_aside {
+                prop_assert_eq!(fs::read(aside).expect("read aside"), content.clone());
+                prop_assert_eq!(store.size(), codec::HEADER_LEN as u64);
+            } else if content.is_empty() {
+                prop_assert_eq!(store.size(), codec::HEADER_LEN as u64);
+            } else {
+                prop_assert_eq!(store.size(), len - restored.dropped_tail_bytes);
+            }
+            prop_assert_eq!(store.size(), file_len(&path));
+            drop(store);
+
+            let (_store, again) = open(dir.path());
+            prop_assert_eq!(again.dropped_tail_bytes, 0);
+            prop_assert_eq!(again.moved_aside, None);
+            prop_assert_eq!(again.entries, restored.entries);
+        }
+    }
+}

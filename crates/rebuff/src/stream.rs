@@ -1,0 +1,231 @@
+//! Stream tasks: one child process per stream, its output matched where it
+//! is read.
+//!
+//! A stream's command runs as argv (never a shell) in its own process
+//! group, stdin closed, stdout and stderr on one pipe so that its lines
+//! arrive in the order it wrote them. Each stream runs on a blocking thread
+//! of its own: it reads bounded lines, runs the stream's [`StreamMatcher`]
+//! and sends only accepted matches to the tracker, in [`MatchBatch`]es
+//! handed on when the batch is full or when the next read could block.
+//! Every match is logged in reaction's format before it is sent, so its
+//! `match` line always precedes the `run` lines it causes.
+//!
+//! [`StreamMatcher`]: rebuff_engine::StreamMatcher
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rebuff_engine::line_text;
+use rustix::process::{Pid, Signal, kill_process_group};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::exec::ExitOutcome;
+use crate::lines::LineReader;
+use crate::log;
+use crate::tracker::{Match, MatchBatch, now_ms};
+
+/// Longest line kept; the rest of a longer line is skipped (and counted).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Matches handed on at once at most: bounds both latency under a flood
+/// and the memory a batch holds.
+const MAX_BATCH: usize = 256;
+
+/// How long children get between SIGTERM and SIGKILL at shutdown.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a stream has seen, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub lines: AtomicU64,
+    pub matches: AtomicU64,
+    pub ignored: AtomicU64,
+    pub truncated: AtomicU64,
+    pub invalid_utf8: AtomicU64,
+}
+
+/// The daemon's handle on a running stream, to stop it.
+#[derive(Debug, Clone)]
+pub struct StreamHandle {
+    pub name: Arc<str>,
+    /// Process group of the child (its pid); 0 before spawn or after exit.
+    pgid: Arc<AtomicU32>,
+    stopping: Arc<AtomicBool>,
+    pub stats: Arc<StreamStats>,
+}
+
+impl StreamHandle {
+    /// Asks the child's process group to stop (SIGTERM), or kills it.
+    pub fn signal(&self, kill: bool) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let pgid = self.pgid.load(Ordering::SeqCst);
+        if let Some(pid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) {
+            let signal = if kill { Signal::KILL } else { Signal::TERM };
+            // ESRCH only means it is already gone.
+            let _ = kill_process_group(pid, signal);
+        }
+    }
+}
+
+/// What a stream task is given.
+#[derive(Debug)]
+pub struct StreamDeps {
+    pub config: Arc<Config>,
+    /// Index of the stream in the configuration.
+    pub index: usize,
+    pub matches: mpsc::Sender<MatchBatch>,
+}
+
+/// Starts the stream on a blocking thread; the returned future ends when
+/// the stream's output ended and its child was reaped.
+pub fn spawn(deps: StreamDeps) -> (StreamHandle, tokio::task::JoinHandle<()>) {
+    let name: Arc<str> = deps.config.streams[deps.index].name.as_str().into();
+    let handle = StreamHandle {
+        name,
+        pgid: Arc::new(AtomicU32::new(0)),
+        stopping: Arc::new(AtomicBool::new(false)),
+        stats: Arc::new(StreamStats::default()),
+    };
+    let task_handle = handle.clone();
+    let task = tokio::task::spawn_blocking(move || run(deps, &task_handle));
+    (handle, task)
+}
+
+/// The stream task: spawn, read and match until the output ends, reap.
+fn run(deps: StreamDeps, handle: &StreamHandle) {
+    let stream = &deps.config.streams[deps.index];
+    let (mut child, output) = match spawn_child(&stream.cmd) {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            log::stream_exec_failed(&stream.name, &stream.cmd, &e);
+            return;
+        }
+    };
+    handle.pgid.store(child.id(), Ordering::SeqCst);
+    // A stop requested while spawning must still reach the child.
+    if handle.stopping.load(Ordering::SeqCst) {
+        handle.signal(false);
+    }
+    log::stream_started(&stream.name, &stream.cmd);
+    if let Err(e) = read_and_match(&deps, output, handle)
+        && !handle.stopping.load(Ordering::SeqCst)
+    {
+        log::stream_read_failed(&stream.name, &e);
+    }
+    let status = child.wait();
+    handle.pgid.store(0, Ordering::SeqCst);
+    if handle.stopping.load(Ordering::SeqCst) {
+        tracing::debug!(stream = %stream.name, "stream stopped");
+        return;
+    }
+    match status {
+        Ok(status) => log::stream_exited(&stream.name, &describe_exit(status)),
+        Err(e) => log::stream_exited(
+            &stream.name,
+            &format!("could not wait for its command: {e}"),
+        ),
+    }
+}
+
+fn spawn_child(argv: &[String]) -> io::Result<(Child, io::PipeReader)> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+    let (reader, writer) = io::pipe()?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .process_group(0);
+    let child = command.spawn()?;
+    // Our copies of the write end must be closed, or the pipe never ends:
+    // they live in `command`, dropped here.
+    drop(command);
+    Ok((child, reader))
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    log::stream_exit_description(&ExitOutcome::from_status(status))
+}
+
+fn read_and_match(
+    deps: &StreamDeps,
+    output: impl io::Read,
+    handle: &StreamHandle,
+) -> io::Result<()> {
+    let stream = &deps.config.streams[deps.index];
+    let stats = &handle.stats;
+    let mut reader = LineReader::new(output, MAX_LINE);
+    let mut scratch = stream.matcher.scratch();
+    let mut found = Vec::new();
+    let mut lossy = String::new();
+    let mut batch = Vec::new();
+    let mut lines = 0u64;
+    while let Some(line) = reader.next_line()? {
+        lines += 1;
+        if line.truncated {
+            stats.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+        let (text, invalid) = line_text(line.bytes, &mut lossy);
+        if invalid {
+            stats.invalid_utf8.fetch_add(1, Ordering::Relaxed);
+        }
+        found.clear();
+        if stream.matcher.find(text, &mut scratch, &mut found) {
+            let time = now_ms();
+            for m in found.drain(..) {
+                match m.outcome {
+                    Ok(values) => {
+                        let filter = &stream.filters[m.filter];
+                        log::match_found(&stream.name, &filter.name, &values);
+                        stats.matches.fetch_add(1, Ordering::Relaxed);
+                        batch.push(Match {
+                            filter: m.filter,
+                            values,
+                            time,
+                        });
+                    }
+                    Err(ignored) => {
+                        stats.ignored.fetch_add(1, Ordering::Relaxed);
+                        tracing::trace!(
+                            stream = %stream.name,
+                            pattern = %ignored.pattern,
+                            value = %ignored.value,
+                            reason = ignored.reason.name(),
+                            "match ignored"
+                        );
+                    }
+                }
+            }
+        }
+        if lines.is_multiple_of(1024) {
+            stats.lines.store(lines, Ordering::Relaxed);
+        }
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH || !reader.has_buffered_line()) {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(16));
+            let sent = deps.matches.blocking_send(MatchBatch {
+                stream: deps.index,
+                matches: full,
+            });
+            if sent.is_err() {
+                // The tracker is gone: the daemon is stopping.
+                break;
+            }
+        }
+    }
+    stats.lines.store(lines, Ordering::Relaxed);
+    if !batch.is_empty() {
+        let _ = deps.matches.blocking_send(MatchBatch {
+            stream: deps.index,
+            matches: batch,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,630 @@
+//! The daemon end to end: `rebuff start` on a temp dir, fed through a log
+//! file its stream tails, driven with `show`/`flush`/`trigger`, stopped
+//! with SIGTERM or SIGKILL, restarted on the same state.
+//!
+//! Nothing here sleeps to let time pass: tests poll for an observable
+//! effect (a line in a file, an answer on the socket) with a deadline.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any awaited effect may take on a loaded CI machine.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it holds; panics naming `what` after [`DEADLINE`].
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temp dir holding a configuration, the log its stream tails, the file
+/// its actions append to, the state and the socket. Dropping it kills
+/// whatever still runs with its path in the command line (a stream child
+/// orphaned by a SIGKILLed daemon).
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        Site {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `config.yml` from `template`, where `{dir}` is the temp dir.
+    fn config(&self, template: &str) -> PathBuf {
+        let path = self.path("config.yml");
+        let text = template.replace("{dir}", &self.dir.path().display().to_string());
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Appends lines to the log the stream tails.
+    fn log_lines(&self, lines: &[String]) {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("input.log"))
+            .expect("open input log");
+        let mut text = String::new();
+        for line in lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes())
+            .expect("append to input log");
+    }
+
+    fn truncate_log(&self) {
+        std::fs::write(self.path("input.log"), "").expect("truncate the input log");
+    }
+
+    fn actions(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("actions.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn count_action(&self, line: &str) -> usize {
+        self.actions().iter().filter(|l| *l == line).count()
+    }
+
+    fn start(&self) -> Daemon {
+        let daemon = self.spawn();
+        let socket = daemon.socket.clone();
+        let mut daemon = daemon;
+        wait_until("the control socket", || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "the daemon exited early ({status}):\n{}",
+                    std::fs::read_to_string(self.path("daemon.out")).unwrap_or_default()
+                );
+            }
+            show_command(&socket, &["-f", "json"]).is_some()
+        });
+        daemon
+    }
+
+    /// Starts the daemon without waiting for it.
+    fn spawn(&self) -> Daemon {
+        let out = std::fs::File::create(self.path("daemon.out")).expect("create daemon.out");
+        let err = out.try_clone().expect("clone daemon.out");
+        let socket = self.path("rebuff.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_rebuff"))
+            .args(["start", "-l", "DEBUG", "-c"])
+            .arg(self.path("config.yml"))
+            .arg("-s")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn rebuff start");
+        Daemon {
+            child,
+            socket,
+            out: self.path("daemon.out"),
+        }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        kill_processes_mentioning(self.dir.path());
+    }
+}
+
+/// SIGKILLs every process whose command line mentions `path`.
+fn kill_processes_mentioning(path: &Path) {
+    let needle = path.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle)
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    out: PathBuf,
+}
+
+impl Daemon {
+    fn show(&self, args: &[&str]) -> Value {
+        let mut all = vec!["-f", "json"];
+        all.extend_from_slice(args);
+        let text = show_command(&self.socket, &all).expect("show answers");
+        serde_json::from_str(&text).expect("show prints JSON")
+    }
+
+    fn client(&self, command: &str, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_rebuff"))
+            .arg(command)
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run the client")
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal the daemon");
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "the daemon did not exit:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    fn stop(mut self) -> String {
+        self.signal(rustix::process::Signal::TERM);
+        let status = self.wait();
+        assert!(status.success(), "exit {status}:\n{}", self.output());
+        self.output()
+    }
+
+    fn kill(mut self) {
+        self.signal(rustix::process::Signal::KILL);
+        self.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `rebuff show -s SOCKET ARGS…`: stdout when it exits 0.
+fn show_command(socket: &Path, args: &[&str]) -> Option<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_rebuff"))
+        .arg("show")
+        .arg("-s")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run rebuff show");
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn failed_login(ip: &str) -> String {
+    format!("Nov 23 10:00:00 host sshd[42]: Failed password for root from {ip} port 22 ssh2")
+}
+
+/// A jail: ban at the 2nd match, unban an hour later (or `{after}`).
+const JAIL: &str = r#"
+state_directory: {dir}/state
+patterns:
+  ip:
+    type: ip
+streams:
+  ssh:
+    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
+    filters:
+      failed:
+        regex:
+          - 'Failed password for \S+ from <ip> port'
+        retry: 2
+        retryperiod: 10m
+        actions:
+          ban:
+            cmd: ['sh', '-c', 'echo "ban $1" >> {dir}/actions.log', 'sh', '<ip>']
+          unban:
+            cmd: ['sh', '-c', 'echo "unban $1" >> {dir}/actions.log', 'sh', '<ip>']
+            after: {after}
+"#;
+
+fn jail(site: &Site, after: &str) {
+    site.config(&JAIL.replace("{after}", after));
+}
+
+#[test]
+fn a_ban_runs_at_the_retry_th_match_and_show_lists_the_pending_unban() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    site.log_lines(&[failed_login("203.0.113.7")]);
+    wait_until("the first match counted", || {
+        daemon.show(&[])["ssh"]["failed"]["203.0.113.7"]["matches"] == 1
+    });
+    assert_eq!(site.count_action("ban 203.0.113.7"), 0);
+    site.log_lines(&[failed_login("203.0.113.7")]);
+    wait_until("the ban", || site.count_action("ban 203.0.113.7") == 1);
+    let tree = daemon.show(&[]);
+    let entry = &tree["ssh"]["failed"]["203.0.113.7"];
+    assert!(entry.get("matches").is_none(), "{tree}");
+    assert_eq!(entry["actions"]["unban"].as_array().map(Vec::len), Some(1));
+    let out = daemon.stop();
+    assert!(
+        out.contains("INFO ssh: start [\"tail\", \"-n\", \"+1\", \"-F\""),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("INFO ssh.failed: match [\"203.0.113.7\"]\n")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.contains("INFO ssh.failed.ban: run [\"sh\" \"-c\" \"echo \\\"ban $1\\\" >> "),
+        "{out}"
+    );
+    assert!(
+        out.contains("INFO received SIGTERM, closing streams...\n"),
+        "{out}"
+    );
+    for line in out.lines() {
+        let level = line.split(' ').next().unwrap_or_default();
+        assert!(
+            ["DEBUG", "INFO", "WARN", "ERROR"].contains(&level),
+            "a line without a level: {line:?}"
+        );
+    }
+}
+
+#[test]
+fn restart_runs_the_ban_again_and_keeps_the_pending_unban() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    site.log_lines(&[failed_login("198.51.100.4"), failed_login("198.51.100.4")]);
+    wait_until("the ban", || site.count_action("ban 198.51.100.4") == 1);
+    let before = daemon.show(&[])["ssh"]["failed"]["198.51.100.4"]["actions"]["unban"].clone();
+    daemon.stop();
+    assert_eq!(site.count_action("unban 198.51.100.4"), 0);
+
+    // Restarted on an empty log (a real stream tails with -n0): only the
+    // store can know the ban.
+    site.truncate_log();
+    let daemon = site.start();
+    wait_until("the ban run again", || {
+        site.count_action("ban 198.51.100.4") == 2
+    });
+    let after = daemon.show(&[])["ssh"]["failed"]["198.51.100.4"]["actions"]["unban"].clone();
+    assert_eq!(before, after, "the unban keeps its time");
+    daemon.stop();
+    assert_eq!(site.count_action("unban 198.51.100.4"), 0);
+}
+
+#[test]
+fn sigkill_during_a_flood_loses_no_trigger_whose_ban_ran() {
+    let site = Site::new();
+    site.config(
+        &JAIL
+            .replace("        retry: 2\n        retryperiod: 10m\n", "")
+            .replace("{after}", "1h"),
+    );
+    let daemon = site.start();
+    let lines: Vec<String> = (0..2000)
+        .map(|i| failed_login(&format!("10.{}.{}.1", i / 250, i % 250)))
+        .collect();
+    site.log_lines(&lines);
+    wait_until("some bans", || site.actions().len() >= 50);
+    daemon.kill();
+    let banned: Vec<String> = site
+        .actions()
+        .iter()
+        .filter_map(|l| l.strip_prefix("ban "))
+        .map(str::to_owned)
+        .collect();
+    assert!(!banned.is_empty());
+
+    // Restarted on an empty log: only the store can know the bans.
+    site.truncate_log();
+    let daemon = site.start();
+    let tree = daemon.show(&[]);
+    let jailed = tree["ssh"]["failed"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for ip in &banned {
+        assert!(
+            jailed
+                .get(ip)
+                .is_some_and(|e| e["actions"]["unban"].is_array()),
+            "{ip} was banned before the kill but is not restored"
+        );
+    }
+    daemon.stop();
+}
+
+#[test]
+fn flush_runs_the_unban_now_and_a_restart_does_not_resurrect_it() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    site.log_lines(&[
+        failed_login("203.0.113.50"),
+        failed_login("203.0.113.50"),
+        failed_login("203.0.113.51"),
+        failed_login("203.0.113.51"),
+    ]);
+    wait_until("two bans", || {
+        site.count_action("ban 203.0.113.50") == 1 && site.count_action("ban 203.0.113.51") == 1
+    });
+    let flushed = daemon.client("flush", &["-f", "json", "ip=203.0.113.50"]);
+    assert!(flushed.status.success(), "{flushed:?}");
+    let flushed: Value = serde_json::from_slice(&flushed.stdout).expect("flush prints JSON");
+    assert!(flushed["ssh"]["failed"]["203.0.113.50"]["actions"]["unban"].is_array());
+    assert!(flushed["ssh"]["failed"].get("203.0.113.51").is_none());
+    wait_until("the unban", || site.count_action("unban 203.0.113.50") == 1);
+    daemon.stop();
+
+    site.truncate_log();
+    let daemon = site.start();
+    wait_until("the other ban restored", || {
+        site.count_action("ban 203.0.113.51") == 2
+    });
+    let tree = daemon.show(&[]);
+    assert!(
+        tree["ssh"]["failed"].get("203.0.113.50").is_none(),
+        "{tree}"
+    );
+    assert!(
+        tree["ssh"]["failed"].get("203.0.113.51").is_some(),
+        "{tree}"
+    );
+    daemon.stop();
+    assert_eq!(site.count_action("ban 203.0.113.50"), 1);
+}
+
+#[test]
+fn a_stale_unban_timer_does_not_fire_after_a_flush_and_a_new_ban() {
+    let site = Site::new();
+    jail(&site, "2s");
+    let daemon = site.start();
+    daemon.client("trigger", &["ssh.failed", "ip=192.0.2.77"]);
+    wait_until("the ban", || site.count_action("ban 192.0.2.77") == 1);
+    daemon.client("flush", &["ip=192.0.2.77"]);
+    wait_until("the flush's unban", || {
+        site.count_action("unban 192.0.2.77") == 1
+    });
+    daemon.client("trigger", &["ssh.failed", "ip=192.0.2.77"]);
+    wait_until("the second ban", || {
+        site.count_action("ban 192.0.2.77") == 2
+    });
+    // The first timer was due 2 s after the first ban; the second one 2 s
+    // after the second ban. Until the second is due, exactly one unban.
+    wait_until("the second unban", || {
+        site.count_action("unban 192.0.2.77") == 2
+    });
+    let actions = site.actions();
+    let second_ban = actions
+        .iter()
+        .rposition(|l| l == "ban 192.0.2.77")
+        .expect("second ban");
+    let unbans_after_second_ban = actions[second_ban..]
+        .iter()
+        .filter(|l| *l == "unban 192.0.2.77")
+        .count();
+    assert_eq!(unbans_after_second_ban, 1, "{actions:?}");
+    daemon.stop();
+}
+
+#[test]
+fn a_dead_stream_is_reported_and_the_others_keep_working() {
+    let site = Site::new();
+    site.config(
+        &JAIL.replace("{after}", "1h").replace(
+            "streams:\n",
+            "streams:\n  dying:\n    cmd: ['sh', '-c', 'echo going; exit 3']\n    filters:\n      never:\n        regex: ['never <ip>']\n  missing:\n    cmd: ['/nonexistent/rebuff-test-binary']\n    filters:\n      never:\n        regex: ['never <ip>']\n",
+        ),
+    );
+    let daemon = site.start();
+    wait_until("the dead stream reported", || {
+        daemon
+            .output()
+            .contains("ERROR stream dying exited: its command returned exit code 3")
+    });
+    site.log_lines(&[failed_login("203.0.113.9"), failed_login("203.0.113.9")]);
+    wait_until("the ban", || site.count_action("ban 203.0.113.9") == 1);
+    let out = daemon.stop();
+    assert!(
+        out.contains(
+            "ERROR could not execute stream missing cmd: [\"/nonexistent/rebuff-test-binary\"]: "
+        ),
+        "{out}"
+    );
+    assert!(
+        !out.lines().any(|l| l == "going"),
+        "child output leaked: {out}"
+    );
+}
+
+#[test]
+fn a_failing_start_command_stops_startup_with_its_output() {
+    let site = Site::new();
+    site.config(&JAIL.replace("{after}", "1h").replace(
+        "patterns:",
+        "start:\n  - ['true']\n  - ['sh', '-c', 'echo chain exists >&2; exit 4']\n  - ['touch', '{dir}/never']\npatterns:",
+    ));
+    let mut daemon = site.spawn();
+    let status = daemon.wait();
+    let out = daemon.output();
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("INFO start command: run [\"true\"]\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ERROR start command: run [\"sh\", \"-c\", \"echo chain exists >&2; exit 4\"]: exit code: 4"),
+        "{out}"
+    );
+    assert!(out.contains("chain exists"), "{out}");
+    assert!(!site.path("never").exists());
+}
+
+#[test]
+fn show_prints_the_reaction_tree_in_yaml_and_json_and_selects() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    site.log_lines(&[
+        failed_login("203.0.113.1"),
+        failed_login("2001:db8::5"),
+        failed_login("2001:db8::5"),
+    ]);
+    wait_until("the ban", || site.count_action("ban 2001:db8::5") == 1);
+    let yaml = show_command(&daemon.socket, &[]).expect("show");
+    let unban_time = daemon.show(&[])["ssh"]["failed"]["2001:db8::5"]["actions"]["unban"][0]
+        .as_str()
+        .expect("a time")
+        .to_owned();
+    assert_eq!(
+        yaml,
+        format!(
+            "ssh:\n  failed:\n    \"2001:db8::5\":\n      actions:\n        unban:\n          - \"{unban_time}\"\n    \"203.0.113.1\":\n      matches: 1\n"
+        )
+    );
+    let only_v4 = daemon.show(&["ip=203\\..*"]);
+    assert_eq!(
+        only_v4,
+        serde_json::json!({"ssh": {"failed": {"203.0.113.1": {"matches": 1}}}})
+    );
+    assert_eq!(
+        daemon.show(&["-l", "ssh.failed", "ip=192.0.2.1"]),
+        serde_json::json!({})
+    );
+    assert_eq!(
+        show_command(&daemon.socket, &["ip=192.0.2.1"]).as_deref(),
+        Some("{}\n")
+    );
+    let unknown = daemon.client("show", &["-l", "nope"]);
+    assert!(!unknown.status.success());
+    daemon.stop();
+}
+
+#[test]
+fn trigger_bans_at_once_bypassing_retry_and_rejects_bad_values() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    let out = daemon.client("trigger", &["ssh.failed", "ip=::ffff:192.0.2.44"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the ban", || site.count_action("ban 192.0.2.44") == 1);
+    let bad = daemon.client("trigger", &["ssh.failed", "user=root"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no pattern \"user\""));
+    let bad = daemon.client("trigger", &["ssh.nope", "ip=192.0.2.1"]);
+    assert!(!bad.status.success());
+    daemon.stop();
+}
+
+#[test]
+fn the_daemon_exits_when_every_stream_ends_after_onexit_and_stop_commands() {
+    let site = Site::new();
+    site.config(
+        &JAIL
+            .replace("{after}", "1h\n            onexit: true")
+            .replace(
+                "['tail', '-n', '+1', '-F', '{dir}/input.log']",
+                "['cat', '{dir}/input.log']",
+            )
+            .replace(
+                "patterns:",
+                "stop:\n  - ['sh', '-c', 'echo stopped >> {dir}/actions.log']\npatterns:",
+            ),
+    );
+    site.log_lines(&[failed_login("192.0.2.3"), failed_login("192.0.2.3")]);
+    let mut daemon = site.spawn();
+    let status = daemon.wait();
+    let out = daemon.output();
+    assert!(status.success(), "{out}");
+    assert_eq!(
+        site.actions(),
+        vec!["ban 192.0.2.3", "unban 192.0.2.3", "stopped"],
+        "{out}"
+    );
+    assert!(
+        out.contains("INFO stop command: run [\"sh\", \"-c\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_is_refused() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    let second = Command::new(env!("CARGO_BIN_EXE_rebuff"))
+        .args(["start", "-c"])
+        .arg(site.path("config.yml"))
+        .arg("-s")
+        .arg(site.path("other.sock"))
+        .output()
+        .expect("run a second daemon");
+    assert!(!second.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&second.stdout),
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(text.contains("state"), "{text}");
+    daemon.stop();
+}
+
+#[test]
+fn show_fails_fast_when_no_daemon_listens() {
+    let site = Site::new();
+    let start = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_rebuff"))
+        .arg("show")
+        .arg("-s")
+        .arg(site.path("nobody.sock"))
+        .output()
+        .expect("run show");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nobody.sock"));
+    assert!(start.elapsed() < DEADLINE);
+}
