@@ -9,6 +9,17 @@
 //! - [`lines`]: bounded line reading from plain or gzip'ed input.
 //! - [`replay`]: the offline decision pipeline over old logs, in log time.
 //! - [`progress`]: the progress bar `replay` draws on a terminal.
+//! - [`daemon`]: `rebuff start`: wires the tasks below, start and stop order.
+//! - [`stream`]: stream children, merged output, matching where lines are read.
+//! - [`tracker`]: the one owner of windows, jails, timers and the store handle.
+//! - [`store`]: the persisted state, an append-only log with group commit.
+//! - [`exec`]: actions and start/stop commands as argv children, with a
+//!   concurrency limit and timeouts.
+//! - [`control`]: the Unix socket protocol, server and client of
+//!   `show`/`flush`/`trigger`.
+//! - [`log`]: the `LEVEL message` log on stdout and the reaction-compatible
+//!   event lines.
+//! - [`notify`]: systemd readiness, status and watchdog.
 
 pub mod check;
 pub mod cli;

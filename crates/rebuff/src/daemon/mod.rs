@@ -68,6 +68,7 @@ pub fn run(config: Config, options: StartOptions) -> anyhow::Result<Exit> {
 }
 
 async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result<Exit> {
+    let started = std::time::Instant::now();
     let (store, restored) = Store::open(&config.state_directory).with_context(|| {
         format!(
             "cannot open the state in {}",
@@ -144,7 +145,15 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
     if ended.is_none() {
         tracing::info!(streams = handles.len(), "stopping streams");
     } else {
-        tracing::info!("every stream has ended; stopping");
+        let lines: u64 = handles
+            .iter()
+            .map(|h| h.stats.lines.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        tracing::info!(
+            lines,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "every stream has ended; stopping"
+        );
     }
     stop_streams(&handles, tasks).await;
     tracker_stop.cancel();
