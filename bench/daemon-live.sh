@@ -8,6 +8,7 @@
 #           ../shared/bench/gen_authlog.py through the sshd filter of
 #           ../shared/bench/sshd.yml, echo actions; wall time from start to
 #           exit (the daemon exits when its only stream ends) and peak RSS.
+#    live-noaction: the same without actions (the daemon's own cost).
 # 2. heavy: reaction v2's announced shape: 4 streams x 1 M lines as fast as
 #           possible, ~6,000 actions that each run `sleep 0.1`.
 #
@@ -49,6 +50,10 @@ streams:
             cmd: ['echo', 'unban', '<ip>']
             after: 1h
 YAML
+
+# The same without actions: what the daemon itself costs, with no action
+# processes competing for the CPUs.
+sed '/^        actions:/,$d' "$work/live.yml" > "$work/live-noaction.yml"
 
 # Heavy: 4 logs of 1 M lines "found <n>", 1,500 distinct values each: the
 # first sighting of a value triggers, later ones are duplicates (extend).
@@ -97,6 +102,7 @@ run() { # name config lines
 
 for round in $(seq "$rounds"); do
   run live "$work/live.yml" "$lines"
+  run live-noaction "$work/live-noaction.yml" "$lines"
   run heavy "$work/heavy.yml" 4000000
 done
 python3 - "$work/results" <<'PY'
@@ -104,7 +110,7 @@ import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    rows.setdefault(f[0], []).append((float(f[1]), float(f[3]), float(f[5]), float(f[6]), float(f[9])))
+    rows.setdefault(f[0], []).append((float(f[1]), float(f[3]), float(f[5]), float(f[7]), float(f[10])))
 for name, r in rows.items():
     med = lambda i: statistics.median(x[i] for x in r)
     print(f"median {name}: end to end {med(0):.2f} s = {med(1):.2f} M lines/s; "
