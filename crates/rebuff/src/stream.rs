@@ -155,6 +155,12 @@ fn describe_exit(status: ExitStatus) -> String {
     log::stream_exit_description(&ExitOutcome::from_status(status))
 }
 
+/// The first ten of a rare problem are logged each; after that one line per
+/// 10,000, so a flood of them says how many without a line each.
+fn is_worth_a_line(count: u64) -> bool {
+    count <= 10 || count.is_multiple_of(10_000)
+}
+
 fn read_and_match(
     deps: &StreamDeps,
     output: impl io::Read,
@@ -171,11 +177,25 @@ fn read_and_match(
     while let Some(line) = reader.next_line()? {
         lines += 1;
         if line.truncated {
-            stats.truncated.fetch_add(1, Ordering::Relaxed);
+            let count = stats.truncated.fetch_add(1, Ordering::Relaxed) + 1;
+            if is_worth_a_line(count) {
+                tracing::warn!(
+                    stream = %stream.name,
+                    count,
+                    "a line longer than {MAX_LINE} bytes was cut; its end is not matched"
+                );
+            }
         }
         let (text, invalid) = line_text(line.bytes, &mut lossy);
         if invalid {
-            stats.invalid_utf8.fetch_add(1, Ordering::Relaxed);
+            let count = stats.invalid_utf8.fetch_add(1, Ordering::Relaxed) + 1;
+            if is_worth_a_line(count) {
+                tracing::warn!(
+                    stream = %stream.name,
+                    count,
+                    "a line is not valid UTF-8; invalid bytes were replaced before matching"
+                );
+            }
         }
         found.clear();
         if stream.matcher.find(text, &mut scratch, &mut found) {

@@ -123,6 +123,7 @@ pub struct TrackerReport {
     pub actions: u64,
     pub restored_triggers: u64,
     pub dropped_entries: u64,
+    pub store_errors: u64,
 }
 
 /// What the tracker is built from.
@@ -383,25 +384,25 @@ impl Tracker {
                     while let Ok(batch) = inputs.matches.try_recv() {
                         self.on_batch(batch);
                     }
-                    self.commit()?;
+                    self.commit_or_log();
                     self.dispatch_ready();
                     break;
                 }
                 () = sleep_until_opt(next_rotation), if next_rotation.is_some() => {
                     next_rotation = rotation.map(|every| Instant::now() + every);
-                    self.commit()?;
-                    self.compact()?;
+                    self.commit_or_log();
+                    self.compact_or_log();
                 }
             }
-            self.commit()?;
+            self.commit_or_log();
             if self.store.needs_compaction() {
-                self.compact()?;
+                self.compact_or_log();
             }
             self.dispatch_ready();
         }
         self.run_onexit().await;
-        self.commit()?;
-        self.compact()?;
+        self.commit_or_log();
+        self.compact_or_log();
         Ok(self.report)
     }
 
@@ -541,12 +542,33 @@ impl Tracker {
         }
     }
 
+    /// A store that cannot be written (disk full, I/O error) must not stop
+    /// the bans: the error is logged and counted, the records stay buffered
+    /// for the next round, and actions run anyway.
+    fn commit_or_log(&mut self) {
+        if let Err(e) = self.commit() {
+            self.report.store_errors += 1;
+            tracing::error!(error = %format!("{e:#}"), "state commit failed; actions run without persistence");
+        }
+    }
+
+    fn compact_or_log(&mut self) {
+        if let Err(e) = self.compact() {
+            self.report.store_errors += 1;
+            tracing::error!(error = %format!("{e:#}"), "state compaction failed");
+        }
+    }
+
     fn commit(&mut self) -> anyhow::Result<()> {
         let durable = std::mem::take(&mut self.durable_needed);
         let store = &mut self.store;
         // fdatasync blocks; stream threads keep reading meanwhile, which is
         // what makes the next commit a bigger group.
-        tokio::task::block_in_place(|| store.commit(durable))?;
+        if let Err(e) = tokio::task::block_in_place(|| store.commit(durable)) {
+            // The records stay buffered; the next commit must sync them.
+            self.durable_needed |= durable;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -646,9 +668,7 @@ impl Tracker {
         };
         // A flush or trigger must be durable before the client hears "done"
         // and before its actions run.
-        if let Err(e) = self.commit() {
-            tracing::error!(error = %e, "state commit failed");
-        }
+        self.commit_or_log();
         self.dispatch_ready();
         let _ = cmd.respond.send(response);
     }

@@ -68,6 +68,15 @@ impl Site {
             .expect("append to input log");
     }
 
+    fn log_bytes(&self, bytes: &[u8]) {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("input.log"))
+            .expect("open input log");
+        file.write_all(bytes).expect("append to input log");
+    }
+
     fn truncate_log(&self) {
         std::fs::write(self.path("input.log"), "").expect("truncate the input log");
     }
@@ -450,6 +459,32 @@ fn a_stale_unban_timer_does_not_fire_after_a_flush_and_a_new_ban() {
         .count();
     assert_eq!(unbans_after_second_ban, 1, "{actions:?}");
     daemon.stop();
+}
+
+#[test]
+fn oversized_and_invalid_utf8_lines_are_counted_and_matching_goes_on() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    let mut bytes = "x".repeat(200_000).into_bytes();
+    bytes.extend_from_slice(b" Failed password for root from 192.0.2.200 port 1\n");
+    bytes.extend_from_slice(b"\xff\xfe Failed password for r\xc3oot from 192.0.2.201 port 1\n");
+    site.log_bytes(&bytes);
+    site.log_lines(&[failed_login("192.0.2.201")]);
+    wait_until("the ban despite the bad lines", || {
+        site.count_action("ban 192.0.2.201") == 1
+    });
+    let out = daemon.stop();
+    assert!(
+        out.contains("WARN stream=ssh count=1 a line longer than 65536 bytes was cut"),
+        "{out}"
+    );
+    assert!(
+        out.contains("WARN stream=ssh count=1 a line is not valid UTF-8"),
+        "{out}"
+    );
+    // The tail of the long line was never matched.
+    assert_eq!(site.count_action("ban 192.0.2.200"), 0);
 }
 
 #[test]
