@@ -902,7 +902,9 @@ fn job(fs: &FilterState, action: usize, values: &[String], timeout: Duration) ->
         filter: fs.name.clone(),
         action: fs.action_names[action].clone(),
         argv: fs.actions[action].render(values),
-        timeout,
+        timeout: fs.actions[action]
+            .timeout_ms
+            .map_or(timeout, Duration::from_millis),
     }
 }
 

@@ -117,6 +117,9 @@ pub struct Filter {
 pub struct Action {
     pub name: String,
     pub cmd: Vec<ArgTemplate>,
+    /// rebuff's `timeout` key: how long the action may run before its
+    /// process group is killed; `None` means the default.
+    pub timeout_ms: Option<u64>,
 }
 
 /// One argv element: literal text with `<pattern>` holes.

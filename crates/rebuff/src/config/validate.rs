@@ -55,7 +55,7 @@ const FILTER_KEYS: &[&str] = &[
     "options",
 ];
 const ACTION_KEYS: &[&str] = &[
-    "cmd", "after", "onexit", "oneshot", "ipv4only", "ipv6only", "type", "options",
+    "cmd", "after", "onexit", "oneshot", "ipv4only", "ipv6only", "timeout", "type", "options",
 ];
 const PLUGIN_KEYS: &[&str] = &["path", "check_root", "systemd", "systemd_options"];
 
@@ -1052,6 +1052,18 @@ impl Checker {
             }
         };
         let after = get(entries, "after").and_then(|n| self.duration(n, &join(path, "after")));
+        let timeout = get(entries, "timeout").and_then(|n| {
+            let timeout = self.duration(n, &join(path, "timeout"))?;
+            if timeout == 0 {
+                self.error(
+                    &n.loc,
+                    &join(path, "timeout"),
+                    "timeout must be more than 0 (leave it out for the default, 1 minute)",
+                );
+                return None;
+            }
+            Some(timeout)
+        });
         let flag = |this: &mut Self, key: &str| {
             get(entries, key)
                 .and_then(|n| this.bool(n, &join(path, key)))
@@ -1109,6 +1121,7 @@ impl Checker {
             Action {
                 name: name.to_owned(),
                 cmd: cmd?,
+                timeout_ms: timeout,
             },
         ))
     }

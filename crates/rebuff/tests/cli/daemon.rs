@@ -663,3 +663,39 @@ fn show_fails_fast_when_no_daemon_listens() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("nobody.sock"));
     assert!(start.elapsed() < DEADLINE);
 }
+
+#[test]
+fn an_action_past_its_timeout_is_killed_and_logged_as_failed() {
+    let site = Site::new();
+    site.config(&JAIL.replace("{after}", "1h").replace(
+        "          ban:\n            cmd: ['sh', '-c', 'echo \"ban $1\" >> {dir}/actions.log', 'sh', '<ip>']\n",
+        "          ban:\n            cmd: ['sleep', '30']\n            timeout: 300ms\n",
+    ));
+    let daemon = site.start();
+    daemon.client("trigger", &["ssh.failed", "ip=192.0.2.30"]);
+    wait_until("the killed action logged", || {
+        daemon
+            .output()
+            .contains("ERROR ssh.failed.ban: run [\"sleep\" \"30\"]: exit code: 137 (timed out")
+    });
+    daemon.stop();
+}
+
+#[test]
+fn a_zero_action_timeout_is_a_config_error() {
+    let site = Site::new();
+    let config = site.config(&JAIL.replace("{after}", "1h\n            timeout: 0s"));
+    let output = Command::new(env!("CARGO_BIN_EXE_rebuff"))
+        .args(["test-config", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run test-config");
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains(
+            "streams.ssh.filters.failed.actions.unban.timeout: timeout must be more than 0"
+        ),
+        "{err}"
+    );
+}
