@@ -987,6 +987,14 @@ streams:
             .collect()
     }
 
+    /// Two matches (the filter's `retry`) at `time`, the immediate actions
+    /// they cause dropped.
+    fn ban(tracker: &mut Tracker, ip: &Values, time: Time) {
+        tracker.on_match(0, ip.clone(), time);
+        tracker.on_match(0, ip.clone(), time);
+        take_ready(tracker);
+    }
+
     fn trigger_record(ip: &[String], time: Time) -> Record<'_> {
         Record::Trigger {
             stream: "ssh",
@@ -1070,18 +1078,14 @@ streams:
         let fx = fixture(&[], T0);
         let mut tracker = fx.tracker;
         let ip = values("192.0.2.5");
-        tracker.on_match(0, ip.clone(), T0);
-        tracker.on_match(0, ip.clone(), T0);
-        take_ready(&mut tracker);
+        ban(&mut tracker, &ip, T0);
         let flushed = tracker.flush(&Selection::default()).expect("flush");
         assert!(flushed["ssh"]["failed"]["192.0.2.5"]["actions"]["unban"].is_array());
         assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.5"]);
         // Banned again half an hour later: the first timer (due at T0+1h)
         // must not unban it; the new one (T0+1.5h) does.
         let later = T0 + HOUR / 2;
-        tracker.on_match(0, ip.clone(), later);
-        tracker.on_match(0, ip.clone(), later);
-        take_ready(&mut tracker);
+        ban(&mut tracker, &ip, later);
         tracker.fire_due_timers(T0 + HOUR);
         assert!(take_ready(&mut tracker).is_empty());
         tracker.fire_due_timers(later + HOUR);
@@ -1093,9 +1097,7 @@ streams:
         let fx = fixture(&[], T0);
         let mut tracker = fx.tracker;
         let ip = values("192.0.2.6");
-        tracker.on_match(0, ip.clone(), T0);
-        tracker.on_match(0, ip.clone(), T0);
-        take_ready(&mut tracker);
+        ban(&mut tracker, &ip, T0);
         for minute in 1..=1000 {
             tracker.on_match(0, ip.clone(), T0 + minute * 60);
         }
