@@ -32,7 +32,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use rebuff_engine::Values;
+
 use crate::log;
+use crate::metrics::{ActionDone, Metrics};
 
 /// How long an action or a start/stop command may run before its process
 /// group is killed.
@@ -431,11 +434,13 @@ pub async fn run_commands(
     kind: CommandKind,
     commands: &[Vec<String>],
     timeout: Duration,
+    metrics: &Metrics,
 ) -> Result<(), CommandFailed> {
     let mut first_failure = None;
     for argv in commands {
         let outcome = run_child(argv, timeout, kind.label()).await;
         log::command_ran(kind, argv, &outcome);
+        metrics.command_done(kind, argv, &outcome);
         if !outcome.success() && first_failure.is_none() {
             first_failure = Some(CommandFailed {
                 kind,
@@ -464,6 +469,12 @@ pub struct ActionJob {
     pub argv: Vec<String>,
     /// How long it may run ([`DEFAULT_TIMEOUT`] unless configured).
     pub timeout: Duration,
+    /// Global index of the action, for its counters.
+    pub action_id: usize,
+    /// The match values, for pattern labels.
+    pub values: Values,
+    /// Re-run from the store at start rather than caused by a new match.
+    pub replayed: bool,
 }
 
 impl ActionJob {
@@ -503,12 +514,13 @@ struct Inner {
     limit: Option<usize>,
     tracker: TaskTracker,
     stats: ExecStats,
+    metrics: Arc<Metrics>,
 }
 
 impl Executor {
     /// `concurrency > 0`: at most that many actions at once; `0`: the
     /// number of CPUs; `< 0`: unlimited (reaction's `concurrency` key).
-    pub fn new(concurrency: i64) -> Self {
+    pub fn new(concurrency: i64, metrics: Arc<Metrics>) -> Self {
         let limit = match concurrency {
             c if c < 0 => None,
             0 => Some(std::thread::available_parallelism().map_or(1, usize::from)),
@@ -521,6 +533,7 @@ impl Executor {
                 limit,
                 tracker: TaskTracker::new(),
                 stats: ExecStats::default(),
+                metrics,
             }),
         }
     }
@@ -584,7 +597,15 @@ impl Inner {
         stats.started.fetch_add(1, Ordering::Relaxed);
         // Boxed: the child's state is allocated only now that it runs, not
         // carried by every queued job.
+        let started = std::time::Instant::now();
         let outcome = Box::pin(run_child(&job.argv, job.timeout, &job.label())).await;
+        self.metrics.action_done(&ActionDone {
+            action_id: job.action_id,
+            values: &job.values,
+            outcome: &outcome,
+            elapsed: started.elapsed(),
+            replayed: job.replayed,
+        });
         drop(permit);
         stats.running.fetch_sub(1, Ordering::Relaxed);
         if outcome.success() {
@@ -624,6 +645,9 @@ mod tests {
             action: "ban".into(),
             argv,
             timeout: Duration::from_secs(30),
+            action_id: 0,
+            values: Box::new([]),
+            replayed: false,
         }
     }
 
@@ -817,6 +841,7 @@ mod tests {
                 argv(&["touch", path_str(&marker)]),
             ],
             DEFAULT_TIMEOUT,
+            &Metrics::default(),
         )
         .await;
         let failed = result.err();
@@ -851,6 +876,7 @@ mod tests {
                 argv(&["touch", path_str(&marker)]),
             ],
             DEFAULT_TIMEOUT,
+            &Metrics::default(),
         )
         .await;
         let failed = result.err();
@@ -877,10 +903,16 @@ mod tests {
 
     #[tokio::test]
     async fn successful_commands_return_ok() {
-        let result = run_commands(CommandKind::Start, &[argv(&["true"])], DEFAULT_TIMEOUT).await;
+        let result = run_commands(
+            CommandKind::Start,
+            &[argv(&["true"])],
+            DEFAULT_TIMEOUT,
+            &Metrics::default(),
+        )
+        .await;
         assert!(result.is_ok());
         assert!(
-            run_commands(CommandKind::Stop, &[], DEFAULT_TIMEOUT)
+            run_commands(CommandKind::Stop, &[], DEFAULT_TIMEOUT, &Metrics::default())
                 .await
                 .is_ok()
         );
@@ -889,9 +921,9 @@ mod tests {
     #[test]
     fn concurrency_zero_means_the_number_of_cpus_and_negative_means_unlimited() {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(Executor::new(0).limit(), Some(cpus));
-        assert_eq!(Executor::new(3).limit(), Some(3));
-        assert_eq!(Executor::new(-1).limit(), None);
+        assert_eq!(Executor::new(0, Default::default()).limit(), Some(cpus));
+        assert_eq!(Executor::new(3, Default::default()).limit(), Some(3));
+        assert_eq!(Executor::new(-1, Default::default()).limit(), None);
     }
 
     #[tokio::test]
@@ -899,7 +931,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let events = dir.path().join("events");
         let release = dir.path().join("release");
-        let executor = Executor::new(2);
+        let executor = Executor::new(2, Default::default());
         // Each job records its start, waits for the release file, records
         // its end. Appends of a few bytes to one file are atomic.
         let script =
@@ -943,7 +975,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let done = dir.path().join("done");
         let capture = capture::start();
-        let executor = Executor::new(-1);
+        let executor = Executor::new(-1, Default::default());
         executor.spawn(job(sh("sleep 0.2; touch \"$1\"", &[path_str(&done)])));
         executor.spawn(job(argv(&["false"])));
         executor.wait_idle().await;
@@ -973,7 +1005,7 @@ mod tests {
     #[tokio::test]
     async fn run_waits_for_the_action_and_counts_timeouts() {
         let capture = capture::start();
-        let executor = Executor::new(1);
+        let executor = Executor::new(1, Default::default());
         let mut slow = job(argv(&["sleep", "30"]));
         slow.timeout = Duration::from_millis(200);
         let outcome = executor.run(slow).await;

@@ -19,6 +19,8 @@
 //!   `show`/`flush`/`trigger`.
 //! - [`log`]: the `LEVEL message` log on stdout and the reaction-compatible
 //!   event lines.
+//! - [`metrics`]: every counter, the exporter-compatible families, label
+//!   templates and the `/metrics` endpoint.
 //! - [`notify`]: systemd readiness, status and watchdog.
 
 pub mod check;
@@ -29,6 +31,7 @@ pub mod daemon;
 pub mod exec;
 pub mod lines;
 pub mod log;
+pub mod metrics;
 pub mod notify;
 pub mod progress;
 pub mod replay;

@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use rebuff_engine::line_text;
@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::exec::ExitOutcome;
 use crate::lines::LineReader;
 use crate::log;
+use crate::metrics::{Ignored, Metrics, StreamEvent};
 use crate::tracker::{Match, MatchBatch, now_ms};
 
 /// Longest line kept; the rest of a longer line is skipped (and counted).
@@ -39,16 +40,6 @@ const MAX_BATCH: usize = 256;
 /// How long children get between SIGTERM and SIGKILL at shutdown.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// What a stream has seen, for logs and metrics.
-#[derive(Debug, Default)]
-pub struct StreamStats {
-    pub lines: AtomicU64,
-    pub matches: AtomicU64,
-    pub ignored: AtomicU64,
-    pub truncated: AtomicU64,
-    pub invalid_utf8: AtomicU64,
-}
-
 /// The daemon's handle on a running stream, to stop it.
 #[derive(Debug, Clone)]
 pub struct StreamHandle {
@@ -56,7 +47,8 @@ pub struct StreamHandle {
     /// Process group of the child (its pid); 0 before spawn or after exit.
     pgid: Arc<AtomicU32>,
     stopping: Arc<AtomicBool>,
-    pub stats: Arc<StreamStats>,
+    /// Index of the stream in the configuration.
+    pub index: usize,
 }
 
 impl StreamHandle {
@@ -79,6 +71,7 @@ pub struct StreamDeps {
     /// Index of the stream in the configuration.
     pub index: usize,
     pub matches: mpsc::Sender<MatchBatch>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the stream on a blocking thread; the returned future ends when
@@ -89,7 +82,7 @@ pub fn spawn(deps: StreamDeps) -> (StreamHandle, tokio::task::JoinHandle<()>) {
         name,
         pgid: Arc::new(AtomicU32::new(0)),
         stopping: Arc::new(AtomicBool::new(false)),
-        stats: Arc::new(StreamStats::default()),
+        index: deps.index,
     };
     let task_handle = handle.clone();
     let task = tokio::task::spawn_blocking(move || run(deps, &task_handle));
@@ -103,6 +96,7 @@ fn run(deps: StreamDeps, handle: &StreamHandle) {
         Ok(spawned) => spawned,
         Err(e) => {
             log::stream_exec_failed(&stream.name, &stream.cmd, &e);
+            deps.metrics.stream_event(deps.index, StreamEvent::Exec);
             return;
         }
     };
@@ -112,17 +106,21 @@ fn run(deps: StreamDeps, handle: &StreamHandle) {
         handle.signal(false);
     }
     log::stream_started(&stream.name, &stream.cmd);
-    if let Err(e) = read_and_match(&deps, output, handle)
+    deps.metrics.stream_event(deps.index, StreamEvent::Start);
+    if let Err(e) = read_and_match(&deps, output)
         && !handle.stopping.load(Ordering::SeqCst)
     {
         log::stream_read_failed(&stream.name, &e);
+        deps.metrics.stream_event(deps.index, StreamEvent::Read);
     }
     let status = child.wait();
     handle.pgid.store(0, Ordering::SeqCst);
     if handle.stopping.load(Ordering::SeqCst) {
         tracing::debug!(stream = %stream.name, "stream stopped");
+        deps.metrics.stream_stopped(deps.index);
         return;
     }
+    deps.metrics.stream_event(deps.index, StreamEvent::Exit);
     match status {
         Ok(status) => log::stream_exited(&stream.name, &describe_exit(status)),
         Err(e) => log::stream_exited(
@@ -161,13 +159,10 @@ fn is_worth_a_line(count: u64) -> bool {
     count <= 10 || count.is_multiple_of(10_000)
 }
 
-fn read_and_match(
-    deps: &StreamDeps,
-    output: impl io::Read,
-    handle: &StreamHandle,
-) -> io::Result<()> {
+fn read_and_match(deps: &StreamDeps, output: impl io::Read) -> io::Result<()> {
     let stream = &deps.config.streams[deps.index];
-    let stats = &handle.stats;
+    let metrics = &deps.metrics;
+    let stats = metrics.stream(deps.index);
     let mut reader = LineReader::new(output, MAX_LINE);
     let mut scratch = stream.matcher.scratch();
     let mut found = Vec::new();
@@ -177,7 +172,7 @@ fn read_and_match(
     while let Some(line) = reader.next_line()? {
         lines += 1;
         if line.truncated {
-            let count = stats.truncated.fetch_add(1, Ordering::Relaxed) + 1;
+            let count = stats.too_long.fetch_add(1, Ordering::Relaxed) + 1;
             if is_worth_a_line(count) {
                 tracing::warn!(
                     stream = %stream.name,
@@ -205,7 +200,6 @@ fn read_and_match(
                     Ok(values) => {
                         let filter = &stream.filters[m.filter];
                         log::match_found(&stream.name, &filter.name, &values);
-                        stats.matches.fetch_add(1, Ordering::Relaxed);
                         batch.push(Match {
                             filter: m.filter,
                             values,
@@ -213,7 +207,10 @@ fn read_and_match(
                         });
                     }
                     Err(ignored) => {
-                        stats.ignored.fetch_add(1, Ordering::Relaxed);
+                        metrics.ignored(
+                            metrics.filter_id(deps.index, m.filter),
+                            Ignored::Pattern(ignored.reason),
+                        );
                         tracing::trace!(
                             stream = %stream.name,
                             pattern = %ignored.pattern,
@@ -225,11 +222,15 @@ fn read_and_match(
                 }
             }
         }
-        if lines.is_multiple_of(1024) {
+        // Published when about to wait for input too, so a quiet stream's
+        // count is exact; under a flood, every 1024 lines.
+        let idle = !reader.has_buffered_line();
+        if idle || lines.is_multiple_of(1024) {
             stats.lines.store(lines, Ordering::Relaxed);
         }
-        if !batch.is_empty() && (batch.len() >= MAX_BATCH || !reader.has_buffered_line()) {
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH || idle) {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(16));
+            metrics.matches(deps.index, &full);
             let sent = deps.matches.blocking_send(MatchBatch {
                 stream: deps.index,
                 matches: full,
@@ -242,6 +243,7 @@ fn read_and_match(
     }
     stats.lines.store(lines, Ordering::Relaxed);
     if !batch.is_empty() {
+        metrics.matches(deps.index, &batch);
         let _ = deps.matches.blocking_send(MatchBatch {
             stream: deps.index,
             matches: batch,

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Action, Config};
 use crate::control::{ControlCmd, Request, Response, Selection};
 use crate::exec::{ActionJob, Executor};
+use crate::metrics::{Ignored, Metrics, PendingCmd, PendingKey, PendingSnapshot};
 use crate::replay::format_time;
 use crate::store::{Record, Restored, Store};
 
@@ -107,6 +108,9 @@ struct FilterState {
     persist_matches: bool,
     /// Triggers are persisted only for jails (filters with delayed actions).
     persist_triggers: bool,
+    /// Global index of the filter and of its first action, for metrics.
+    id: usize,
+    first_action: usize,
 }
 
 impl FilterState {
@@ -134,6 +138,7 @@ pub struct TrackerDeps {
     pub executor: Executor,
     /// Per-action timeout.
     pub action_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The channels the tracker serves.
@@ -141,6 +146,8 @@ pub struct TrackerDeps {
 pub struct TrackerInputs {
     pub matches: mpsc::Receiver<MatchBatch>,
     pub control: mpsc::Receiver<ControlCmd>,
+    /// Scrapes asking for pending actions.
+    pub pending: mpsc::Receiver<PendingCmd>,
     /// Cancelled once the streams were told to stop and had their chance
     /// to end: the tracker then takes what is queued and stops, even if a
     /// stuck stream still holds a sender.
@@ -164,6 +171,7 @@ pub struct Tracker {
     /// The uncommitted records include one an action waits for.
     durable_needed: bool,
     report: TrackerReport,
+    metrics: Arc<Metrics>,
 }
 
 impl Tracker {
@@ -190,6 +198,8 @@ impl Tracker {
                     persist_triggers: plan.longest_delay().is_some(),
                     decider: FilterDecider::new(plan),
                     jail: HashMap::default(),
+                    id: filters.len(),
+                    first_action: deps.metrics.action_id(filters.len(), 0),
                 });
             }
         }
@@ -206,6 +216,7 @@ impl Tracker {
             ready: Vec::new(),
             durable_needed: false,
             report: TrackerReport::default(),
+            metrics: deps.metrics,
         }
     }
 
@@ -293,7 +304,7 @@ impl Tracker {
             if spec.after.is_some() && at > now {
                 pending.push(action);
             } else if !spec.oneshot {
-                let job = job(fs, action, values, self.action_timeout);
+                let job = job(fs, action, values, self.action_timeout, true);
                 self.ready.push(job);
             }
         }
@@ -371,6 +382,9 @@ impl Tracker {
                         }
                     }
                 }
+                Some(cmd) = inputs.pending.recv() => {
+                    let _ = cmd.respond.send(self.pending_snapshot(cmd.keys));
+                }
                 cmd = inputs.control.recv(), if control_open => {
                     match cmd {
                         Some(cmd) => self.on_control(cmd),
@@ -428,14 +442,17 @@ impl Tracker {
                 time,
             });
         }
-        if let Decision::Trigger(trigger) = fs.decider.on_match(values, time) {
-            self.on_trigger(fid, trigger);
+        match fs.decider.on_match(values, time) {
+            Decision::Trigger(trigger) => self.on_trigger(fid, trigger),
+            Decision::DuplicateIgnored => self.metrics.ignored(fid, Ignored::Duplicate),
+            Decision::Counted { .. } => {}
         }
     }
 
     fn on_trigger(&mut self, fid: usize, trigger: Trigger) {
         if trigger.kind != TriggerKind::Extend {
             self.report.triggers += 1;
+            self.metrics.trigger(fid);
         }
         let fs = &mut self.filters[fid];
         let mut delayed = Vec::new();
@@ -443,7 +460,13 @@ impl Tracker {
             if fs.is_delayed(scheduled.action) {
                 delayed.push(scheduled.action);
             } else {
-                let job = job(fs, scheduled.action, &trigger.values, self.action_timeout);
+                let job = job(
+                    fs,
+                    scheduled.action,
+                    &trigger.values,
+                    self.action_timeout,
+                    false,
+                );
                 self.ready.push(job);
             }
         }
@@ -537,7 +560,7 @@ impl Tracker {
                     time,
                 });
             }
-            let job = job(fs, timer.action, &timer.values, self.action_timeout);
+            let job = job(fs, timer.action, &timer.values, self.action_timeout, false);
             self.ready.push(job);
         }
     }
@@ -548,6 +571,7 @@ impl Tracker {
     fn commit_or_log(&mut self) {
         if let Err(e) = self.commit() {
             self.report.store_errors += 1;
+            self.metrics.store_error();
             tracing::error!(error = %format!("{e:#}"), "state commit failed; actions run without persistence");
         }
     }
@@ -555,6 +579,7 @@ impl Tracker {
     fn compact_or_log(&mut self) {
         if let Err(e) = self.compact() {
             self.report.store_errors += 1;
+            self.metrics.store_error();
             tracing::error!(error = %format!("{e:#}"), "state compaction failed");
         }
     }
@@ -564,12 +589,21 @@ impl Tracker {
         let store = &mut self.store;
         // fdatasync blocks; stream threads keep reading meanwhile, which is
         // what makes the next commit a bigger group.
-        if let Err(e) = tokio::task::block_in_place(|| store.commit(durable)) {
-            // The records stay buffered; the next commit must sync them.
-            self.durable_needed |= durable;
-            return Err(e.into());
+        let started = std::time::Instant::now();
+        match tokio::task::block_in_place(|| store.commit(durable)) {
+            // Nothing was buffered: not a commit worth timing.
+            Ok(0) => Ok(()),
+            Ok(_) => {
+                self.metrics
+                    .store_committed(started.elapsed(), self.store.size());
+                Ok(())
+            }
+            Err(e) => {
+                // The records stay buffered; the next commit must sync them.
+                self.durable_needed |= durable;
+                Err(e.into())
+            }
         }
-        Ok(())
     }
 
     fn compact(&mut self) -> anyhow::Result<()> {
@@ -613,6 +647,7 @@ impl Tracker {
         });
         let store = &mut self.store;
         tokio::task::block_in_place(|| store.compact(live))?;
+        self.metrics.store_size(self.store.size());
         Ok(())
     }
 
@@ -633,7 +668,7 @@ impl Tracker {
                 for trigger in triggers {
                     for &action in &trigger.pending {
                         if fs.decider.plan().actions[action].onexit {
-                            jobs.push(job(fs, action, values, self.action_timeout));
+                            jobs.push(job(fs, action, values, self.action_timeout, false));
                         }
                     }
                 }
@@ -650,6 +685,43 @@ impl Tracker {
             self.executor.spawn(job);
         }
         self.executor.wait_idle().await;
+    }
+
+    /// Pending actions now, for a scrape.
+    fn pending_snapshot(&self, with_keys: bool) -> PendingSnapshot {
+        let mut snapshot = PendingSnapshot {
+            per_action: vec![
+                0;
+                self.filters
+                    .last()
+                    .map_or(0, |f| f.first_action + f.actions.len())
+            ],
+            jailed: vec![0; self.filters.len()],
+            keys: Vec::new(),
+        };
+        for fs in &self.filters {
+            for (values, triggers) in &fs.jail {
+                let mut actions = Vec::new();
+                for trigger in triggers {
+                    for &action in &trigger.pending {
+                        snapshot.per_action[fs.first_action + action] += 1;
+                        actions.push(action);
+                    }
+                }
+                if actions.is_empty() {
+                    continue;
+                }
+                snapshot.jailed[fs.id] += 1;
+                if with_keys {
+                    snapshot.keys.push(PendingKey {
+                        filter: fs.id,
+                        values: values.clone(),
+                        actions,
+                    });
+                }
+            }
+        }
+        snapshot
     }
 
     fn on_control(&mut self, cmd: ControlCmd) {
@@ -819,7 +891,7 @@ impl Tracker {
                 if let Some(triggers) = fs.jail.remove(&values) {
                     for trigger in triggers {
                         for action in trigger.pending {
-                            let job = job(fs, action, &values, self.action_timeout);
+                            let job = job(fs, action, &values, self.action_timeout, false);
                             self.ready.push(job);
                         }
                     }
@@ -896,8 +968,17 @@ struct SelectedFilter {
     slots: Vec<(usize, Regex)>,
 }
 
-fn job(fs: &FilterState, action: usize, values: &[String], timeout: Duration) -> ActionJob {
+fn job(
+    fs: &FilterState,
+    action: usize,
+    values: &[String],
+    timeout: Duration,
+    replayed: bool,
+) -> ActionJob {
     ActionJob {
+        action_id: fs.first_action + action,
+        values: values.into(),
+        replayed,
         stream: fs.stream.clone(),
         filter: fs.name.clone(),
         action: fs.action_names[action].clone(),
@@ -964,11 +1045,13 @@ streams:
             store.commit(true).expect("commit");
         }
         let (store, restored) = Store::open(&state).expect("reopen store");
+        let metrics = Arc::new(Metrics::new(&config));
         let mut tracker = Tracker::new(TrackerDeps {
             config: Arc::new(config),
             store,
-            executor: Executor::new(1),
+            executor: Executor::new(1, metrics.clone()),
             action_timeout: Duration::from_secs(1),
+            metrics,
         });
         tracker.restore(restored, now).expect("restore");
         Fixture { _dir: dir, tracker }

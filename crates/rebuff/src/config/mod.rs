@@ -87,8 +87,75 @@ pub struct Config {
     pub concurrency: i64,
     /// Milliseconds between store compactions; `None` disables them.
     pub state_rotation_interval: Option<u64>,
+    /// rebuff's `metrics` section; `None` means no endpoint.
+    pub metrics: Option<MetricsConfig>,
     /// Things that are accepted but probably not what the user meant.
     pub warnings: Vec<ConfigError>,
+}
+
+/// The `metrics` section, shaped like reaction-metrics-exporter's own
+/// configuration (`all`, `for`, `export`) so its users recognise it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub listen: std::net::SocketAddr,
+    /// A Prometheus web-config file (TLS, basic auth).
+    pub web_config: Option<PathBuf>,
+    /// Most series a pattern-labelled family holds; more are dropped and
+    /// counted.
+    pub max_series: usize,
+    /// A cumulative pattern-labelled series not updated for this long is
+    /// forgotten at the next scrape.
+    pub series_idle_ms: u64,
+    /// How each filter's pattern values become labels: index by the
+    /// global filter index (streams in order, then their filters), then by
+    /// value slot.
+    pub labels: Vec<Vec<LabelRule>>,
+    pub export: MetricsExport,
+}
+
+/// What becomes of one pattern value in a label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelRule {
+    /// The raw value.
+    Raw,
+    /// No label at all.
+    Drop,
+    /// A Jinja2 template, with the value bound to the pattern's name; it
+    /// compiled at load.
+    Template(String),
+}
+
+/// Which families are served (`metrics.export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsExport {
+    pub matches: FamilySwitch,
+    pub actions: FamilySwitch,
+    pub pending: FamilySwitch,
+    pub commands: bool,
+    pub streams: bool,
+    /// Process CPU, memory and file descriptors.
+    pub internals: bool,
+    /// rebuff's own per-pattern counter, `rebuff_pattern_matches_total`.
+    pub pattern_matches: FamilySwitch,
+}
+
+/// An exporter family switch: off, or on with or without the pattern
+/// labels (`extra`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FamilySwitch {
+    Off,
+    On { extra: bool },
+}
+
+impl FamilySwitch {
+    pub fn is_on(self) -> bool {
+        self != FamilySwitch::Off
+    }
+
+    /// On, with pattern labels.
+    pub fn has_patterns(self) -> bool {
+        self == FamilySwitch::On { extra: true }
+    }
 }
 
 /// A stream and its compiled filters.

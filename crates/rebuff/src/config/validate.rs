@@ -33,6 +33,7 @@ const TOP_KEYS: &[&str] = &[
     "concurrency",
     "state_rotation_interval",
     "plugins",
+    "metrics",
 ];
 const PATTERN_KEYS: &[&str] = &[
     "regex",
@@ -97,6 +98,10 @@ pub fn to_json(node: &Node) -> serde_json::Value {
         ),
     }
 }
+
+mod metrics;
+
+pub use metrics::DEFAULT_LISTEN;
 
 type Entries = [(Key, Node)];
 
@@ -341,6 +346,7 @@ impl Checker {
             .and_then(|n| self.int(n, "concurrency"))
             .unwrap_or(0);
         let state_rotation_interval = self.rotation(entries);
+        let metrics = get(entries, "metrics").and_then(|n| self.metrics(n, &streams));
 
         Some(Config {
             document: to_json(root),
@@ -351,6 +357,7 @@ impl Checker {
             state_directory,
             concurrency,
             state_rotation_interval,
+            metrics,
             warnings: std::mem::take(&mut self.warnings),
         })
     }

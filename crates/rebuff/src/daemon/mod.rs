@@ -15,6 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,9 +24,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::MetricsConfig;
 use crate::control;
 use crate::exec::{self, CommandKind, Executor};
 use crate::log;
+use crate::metrics::http::{self, Format, RenderFuture};
+use crate::metrics::webconfig::WebConfig;
+use crate::metrics::{Metrics, PendingCmd, PendingSnapshot, StreamEvent};
 use crate::notify;
 use crate::store::Store;
 use crate::stream::{self, StreamDeps, StreamHandle};
@@ -36,6 +41,10 @@ use crate::tracker::{Tracker, TrackerDeps, TrackerInputs, now_ms};
 const MATCH_CHANNEL: usize = 256;
 /// Control requests waiting for the tracker.
 const CONTROL_CHANNEL: usize = 64;
+/// Scrapes waiting for the tracker's pending actions.
+const SCRAPE_CHANNEL: usize = 8;
+/// How long a scrape waits for the tracker before it fails with a 500.
+const SCRAPE_TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `rebuff start` was asked.
 #[derive(Debug, Clone)]
@@ -76,29 +85,44 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         )
     })?;
     let listener = control::server::bind(&options.socket)?;
+    let metrics = Arc::new(Metrics::new(&config));
+    // Bound before the start commands run, so a taken port or a bad
+    // web-config file stops the daemon before it changes the firewall.
+    let endpoint = match &config.metrics {
+        Some(section) => Some(bind_endpoint(section).await?),
+        None => None,
+    };
 
-    if let Err(failed) =
-        exec::run_commands(CommandKind::Start, &config.start, exec::DEFAULT_TIMEOUT).await
+    if let Err(failed) = exec::run_commands(
+        CommandKind::Start,
+        &config.start,
+        exec::DEFAULT_TIMEOUT,
+        &metrics,
+    )
+    .await
     {
         tracing::error!(error = %failed, "a start command failed; not starting");
         return Ok(Exit::StartFailed);
     }
 
-    let executor = Executor::new(config.concurrency);
+    let executor = Executor::new(config.concurrency, metrics.clone());
     let mut tracker = Tracker::new(TrackerDeps {
         config: config.clone(),
         store,
         executor: executor.clone(),
         action_timeout: exec::DEFAULT_TIMEOUT,
+        metrics: metrics.clone(),
     });
     tracker.restore(restored, now_ms())?;
 
     let (match_tx, match_rx) = mpsc::channel(MATCH_CHANNEL);
     let (control_tx, control_rx) = mpsc::channel(CONTROL_CHANNEL);
+    let (pending_tx, pending_rx) = mpsc::channel(SCRAPE_CHANNEL);
     let tracker_stop = CancellationToken::new();
     let mut tracker_task = tokio::spawn(tracker.run(TrackerInputs {
         matches: match_rx,
         control: control_rx,
+        pending: pending_rx,
         stop: tracker_stop.clone(),
     }));
 
@@ -117,6 +141,7 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
             config: config.clone(),
             index,
             matches: match_tx.clone(),
+            metrics: metrics.clone(),
         });
         handles.push(handle);
         tasks.push(task);
@@ -125,6 +150,19 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
     // when the last stream ends.
     drop(match_tx);
 
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics_server = endpoint.map(|(listener, web)| {
+        tokio::spawn(http::run(
+            listener,
+            http::Endpoint {
+                render: render_fn(metrics.clone(), executor.clone(), pending_tx.clone()),
+                ready: ready.clone(),
+                web,
+            },
+            shutdown.clone(),
+        ))
+    });
+    ready.store(true, Ordering::Relaxed);
     notify::ready();
     let watchdog = tokio::spawn(notify::watchdog(shutdown.clone()));
 
@@ -145,17 +183,15 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
     if ended.is_none() {
         tracing::info!(streams = handles.len(), "stopping streams");
     } else {
-        let lines: u64 = handles
-            .iter()
-            .map(|h| h.stats.lines.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
+        let lines = metrics.lines();
         tracing::info!(
             lines,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "every stream has ended; stopping"
         );
     }
-    stop_streams(&handles, tasks).await;
+    ready.store(false, Ordering::Relaxed);
+    stop_streams(&handles, tasks, &metrics).await;
     tracker_stop.cancel();
     let result = match ended {
         Some(result) => result,
@@ -163,13 +199,21 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
     };
     let report = result.context("the tracker task failed")??;
     executor.wait_idle().await;
-    if let Err(failed) =
-        exec::run_commands(CommandKind::Stop, &config.stop, exec::DEFAULT_TIMEOUT).await
+    if let Err(failed) = exec::run_commands(
+        CommandKind::Stop,
+        &config.stop,
+        exec::DEFAULT_TIMEOUT,
+        &metrics,
+    )
+    .await
     {
         tracing::warn!(error = %failed, "a stop command failed");
     }
     shutdown.cancel();
     let _ = server.await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     let _ = watchdog.await;
     tracing::info!(
         matches = report.matches,
@@ -182,7 +226,11 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
 
 /// SIGTERM to every stream's process group, SIGKILL to those still alive
 /// after [`stream::STOP_GRACE`], and a bounded wait for their threads.
-async fn stop_streams(handles: &[StreamHandle], tasks: Vec<tokio::task::JoinHandle<()>>) {
+async fn stop_streams(
+    handles: &[StreamHandle],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    metrics: &Metrics,
+) {
     for handle in handles {
         handle.signal(false);
     }
@@ -197,7 +245,58 @@ async fn stop_streams(handles: &[StreamHandle], tasks: Vec<tokio::task::JoinHand
     }
     for (handle, task) in still_running {
         log::stream_did_not_terminate(&handle.name);
+        metrics.stream_event(handle.index, StreamEvent::Timeout);
         handle.signal(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
+}
+
+/// Binds the metrics endpoint and reads its web-config file.
+async fn bind_endpoint(
+    section: &MetricsConfig,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<WebConfig>)> {
+    let web = match &section.web_config {
+        Some(path) => Some(WebConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let listener = http::bind(&section.listen.to_string()).await?;
+    tracing::info!(listen = %section.listen, tls = web.as_ref().is_some_and(|w| w.tls_acceptor().is_some()), "metrics endpoint listening");
+    Ok((listener, web))
+}
+
+/// A scrape: pending actions from the tracker (or none once it has
+/// stopped), then the exposition, written off the async workers because a
+/// large one takes milliseconds.
+fn render_fn(
+    metrics: Arc<Metrics>,
+    executor: Executor,
+    pending: mpsc::Sender<PendingCmd>,
+) -> Arc<dyn Fn(Format) -> RenderFuture + Send + Sync> {
+    Arc::new(move |format| {
+        let metrics = metrics.clone();
+        let executor = executor.clone();
+        let pending = pending.clone();
+        Box::pin(async move {
+            let (respond, answer) = tokio::sync::oneshot::channel();
+            let asked = pending
+                .send(PendingCmd {
+                    keys: metrics.wants_pending_keys(),
+                    respond,
+                })
+                .await;
+            let snapshot = match asked {
+                Ok(()) => tokio::time::timeout(SCRAPE_TRACKER_TIMEOUT, answer)
+                    .await
+                    .context("the tracker did not answer in time")?
+                    .unwrap_or_default(),
+                Err(_) => PendingSnapshot::default(),
+            };
+            let body = tokio::task::spawn_blocking(move || {
+                metrics.render(format, &snapshot, executor.stats())
+            })
+            .await
+            .context("rendering the metrics failed")?;
+            Ok(body)
+        }) as RenderFuture
+    })
 }
