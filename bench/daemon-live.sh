@@ -9,6 +9,10 @@
 #           ../shared/bench/sshd.yml, echo actions; wall time from start to
 #           exit (the daemon exits when its only stream ends) and peak RSS.
 #    live-noaction: the same without actions (the daemon's own cost).
+#    live-metrics, live-noaction-metrics: the same two with every metrics
+#           family on (exporter families with pattern labels, the per-address
+#           rebuff_pattern_matches_total, internals) and a scraper asking for
+#           gzip'ed OpenMetrics every 200 ms during the run.
 # 2. heavy: reaction v2's announced shape: 4 streams x 1 M lines as fast as
 #           possible, ~6,000 actions that each run `sleep 0.1`.
 #
@@ -55,6 +59,17 @@ YAML
 # processes competing for the CPUs.
 sed '/^        actions:/,$d' "$work/live.yml" > "$work/live-noaction.yml"
 
+# Every family on, per-address labels included.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+metrics_section="metrics:
+  listen: 127.0.0.1:$port
+  max_series: 200000
+  export:
+    pattern_matches: true
+    internals: true"
+{ cat "$work/live.yml"; echo "$metrics_section"; } > "$work/live-metrics.yml"
+{ cat "$work/live-noaction.yml"; echo "$metrics_section"; } > "$work/live-noaction-metrics.yml"
+
 # Heavy: 4 logs of 1 M lines "found <n>", 1,500 distinct values each: the
 # first sighting of a value triggers, later ones are duplicates (extend).
 python3 - "$work" <<'PY'
@@ -90,8 +105,21 @@ YAML
 
 run() { # name config lines
   rm -rf "$work/state"
+  case $1 in
+    *metrics)
+      ( while :; do
+          curl -s -o /dev/null --compressed \
+            -H 'Accept: application/openmetrics-text;version=1.0.0' \
+            "http://127.0.0.1:$port/metrics" || true
+          sleep 0.2
+        done ) &
+      scraper=$!
+      ;;
+    *) scraper= ;;
+  esac
   /usr/bin/time -f '%e %M' -o "$work/time" \
     "$bin" start -c "$2" -s "$work/sock" > "$work/out.log" 2>&1
+  [ -z "$scraper" ] || kill "$scraper"
   read -r secs kib < "$work/time"
   runs=$(grep -c ': run \[' "$work/out.log" || true)
   # The daemon logs how long reading and deciding every line took.
@@ -103,6 +131,8 @@ run() { # name config lines
 for round in $(seq "$rounds"); do
   run live "$work/live.yml" "$lines"
   run live-noaction "$work/live-noaction.yml" "$lines"
+  run live-metrics "$work/live-metrics.yml" "$lines"
+  run live-noaction-metrics "$work/live-noaction-metrics.yml" "$lines"
   run heavy "$work/heavy.yml" 4000000
 done
 python3 - "$work/results" <<'PY'
