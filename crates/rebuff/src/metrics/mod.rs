@@ -553,7 +553,11 @@ impl Metrics {
     /// Writes the whole exposition. Resets the exporter's "since the
     /// previous scrape" families.
     pub fn render(&self, format: Format, pending: &PendingSnapshot, exec: &ExecStats) -> Vec<u8> {
-        let mut e = Encoder::new(format);
+        // About 100 bytes per series of the per-address families.
+        let series = self.labelled.as_ref().map_or(0, |l| {
+            l.matches.len() + l.actions.len() + l.pattern_matches.len() + pending.keys.len()
+        });
+        let mut e = Encoder::new(format, 64 * 1024 + series * 100);
         self.render_native(&mut e, pending, exec);
         if let Some(labelled) = &self.labelled {
             self.render_exporter(&mut e, labelled, pending);
@@ -797,15 +801,11 @@ impl Metrics {
             );
             let idle_secs = labelled.config.series_idle_ms / 1000;
             let idle_before = self.now_secs().saturating_sub(idle_secs);
+            let mut prefixes = Prefixes::new("rebuff_pattern_matches_total");
             labelled.pattern_matches.visit(idle_before, |series| {
                 let fid = series.owner as usize;
-                let labels = self.pattern_labels(fid, series);
-                e.sample_with(
-                    "rebuff_pattern_matches_total",
-                    &self.filter_labels(fid),
-                    labels,
-                    series.value,
-                );
+                let prefix = prefixes.get(fid, || self.filter_labels(fid).to_vec());
+                e.sample_prefixed(prefix, self.pattern_labels(fid, series), series.value);
             });
         }
     }
@@ -848,15 +848,11 @@ impl Metrics {
                 Kind::Gauge,
                 "Matches since the previous scrape (reaction-metrics-exporter).",
             );
+            let mut prefixes = Prefixes::new("reaction_match_count");
             for series in labelled.matches.take() {
                 let fid = series.owner as usize;
-                let labels = self.pattern_labels(fid, &series);
-                e.sample_with(
-                    "reaction_match_count",
-                    &self.filter_labels(fid),
-                    labels,
-                    series.value,
-                );
+                let prefix = prefixes.get(fid, || self.filter_labels(fid).to_vec());
+                e.sample_prefixed(prefix, self.pattern_labels(fid, &series), series.value);
             }
         }
         if export.actions.is_on() {
@@ -865,16 +861,12 @@ impl Metrics {
                 Kind::Gauge,
                 "Actions run since the previous scrape (reaction-metrics-exporter).",
             );
+            let mut prefixes = Prefixes::new("reaction_action_count");
             for series in labelled.actions.take() {
                 let aid = series.owner as usize;
                 let fid = self.action_info[aid].filter;
-                let labels = self.pattern_labels(fid, &series);
-                e.sample_with(
-                    "reaction_action_count",
-                    &self.action_labels(aid),
-                    labels,
-                    series.value,
-                );
+                let prefix = prefixes.get(aid, || self.action_labels(aid).to_vec());
+                e.sample_prefixed(prefix, self.pattern_labels(fid, &series), series.value);
             }
         }
         if export.pending.is_on() {
@@ -915,16 +907,12 @@ impl Metrics {
             labelled
                 .pending_series
                 .store(series.len() as u64, Ordering::Relaxed);
+            let mut prefixes = Prefixes::new("reaction_pending_count");
             for series in series {
                 let aid = series.owner as usize;
                 let fid = self.action_info[aid].filter;
-                let labels = self.pattern_labels(fid, &series);
-                e.sample_with(
-                    "reaction_pending_count",
-                    &self.action_labels(aid),
-                    labels,
-                    series.value,
-                );
+                let prefix = prefixes.get(aid, || self.action_labels(aid).to_vec());
+                e.sample_prefixed(prefix, self.pattern_labels(fid, &series), series.value);
             }
         }
         if export.commands {
@@ -1002,6 +990,29 @@ impl Metrics {
                 *dropped,
             );
         }
+    }
+}
+
+/// The start of each owner's samples in one family, written once per
+/// scrape rather than once per series.
+struct Prefixes {
+    family: &'static str,
+    by_owner: Vec<Option<String>>,
+}
+
+impl Prefixes {
+    fn new(family: &'static str) -> Self {
+        Prefixes {
+            family,
+            by_owner: Vec::new(),
+        }
+    }
+
+    fn get<'a>(&mut self, owner: usize, fixed: impl FnOnce() -> Vec<(&'a str, &'a str)>) -> &str {
+        if self.by_owner.len() <= owner {
+            self.by_owner.resize(owner + 1, None);
+        }
+        self.by_owner[owner].get_or_insert_with(|| Encoder::prefix(self.family, &fixed()))
     }
 }
 

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// How long any awaited effect may take on a loaded CI machine.
-const DEADLINE: Duration = Duration::from_secs(20);
+pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Polls `check` until it holds; panics naming `what` after [`DEADLINE`].
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
@@ -29,23 +29,23 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 /// its actions append to, the state and the socket. Dropping it kills
 /// whatever still runs with its path in the command line (a stream child
 /// orphaned by a SIGKILLed daemon).
-struct Site {
+pub struct Site {
     dir: tempfile::TempDir,
 }
 
 impl Site {
-    fn new() -> Site {
+    pub fn new() -> Site {
         Site {
             dir: tempfile::tempdir().expect("tempdir"),
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Writes `config.yml` from `template`, where `{dir}` is the temp dir.
-    fn config(&self, template: &str) -> PathBuf {
+    pub fn config(&self, template: &str) -> PathBuf {
         let path = self.path("config.yml");
         let text = template.replace("{dir}", &self.dir.path().display().to_string());
         std::fs::write(&path, text).expect("write config");
@@ -53,7 +53,7 @@ impl Site {
     }
 
     /// Appends lines to the log the stream tails.
-    fn log_lines(&self, lines: &[String]) {
+    pub fn log_lines(&self, lines: &[String]) {
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,7 +81,7 @@ impl Site {
         std::fs::write(self.path("input.log"), "").expect("truncate the input log");
     }
 
-    fn actions(&self) -> Vec<String> {
+    pub fn actions(&self) -> Vec<String> {
         std::fs::read_to_string(self.path("actions.log"))
             .unwrap_or_default()
             .lines()
@@ -89,11 +89,11 @@ impl Site {
             .collect()
     }
 
-    fn count_action(&self, line: &str) -> usize {
+    pub fn count_action(&self, line: &str) -> usize {
         self.actions().iter().filter(|l| *l == line).count()
     }
 
-    fn start(&self) -> Daemon {
+    pub fn start(&self) -> Daemon {
         let daemon = self.spawn();
         let socket = daemon.socket.clone();
         let mut daemon = daemon;
@@ -163,7 +163,7 @@ fn kill_processes_mentioning(path: &Path) {
     }
 }
 
-struct Daemon {
+pub struct Daemon {
     child: Child,
     socket: PathBuf,
     out: PathBuf,
@@ -187,7 +187,7 @@ impl Daemon {
             .expect("run the client")
     }
 
-    fn output(&self) -> String {
+    pub fn output(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
@@ -212,7 +212,7 @@ impl Daemon {
     }
 
     /// SIGTERM, and waits for a clean exit.
-    fn stop(mut self) -> String {
+    pub fn stop(mut self) -> String {
         self.signal(rustix::process::Signal::TERM);
         let status = self.wait();
         assert!(status.success(), "exit {status}:\n{}", self.output());

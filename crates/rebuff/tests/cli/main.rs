@@ -3,8 +3,11 @@
 
 mod config_errors;
 mod daemon;
+mod dashboards;
+mod metrics;
 mod replay;
 mod tools;
+mod tsdb;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
