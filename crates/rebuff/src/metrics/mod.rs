@@ -449,13 +449,11 @@ impl Metrics {
             }
             let add = |table: &mut series::Locked<'_>, extra: bool| {
                 if !extra {
-                    table.add::<&str>(owner, &[], 1, now);
+                    table.add(owner, series::no_labels(), 1, now);
                 } else if raw {
-                    let labels: Vec<Option<&str>> =
-                        m.values.iter().map(|v| Some(v.as_str())).collect();
-                    table.add(owner, &labels, 1, now);
+                    table.add(owner, series::raw(&m.values), 1, now);
                 } else {
-                    table.add(owner, &rendered, 1, now);
+                    table.add(owner, series::rendered(&rendered), 1, now);
                 }
             };
             if let Some(table) = exporter.as_mut() {
@@ -499,14 +497,22 @@ impl Metrics {
         let fid = self.action_info[done.action_id].filter;
         let now = self.now_secs();
         if !family.has_patterns() {
-            labelled.actions.lock().add::<&str>(owner, &[], 1, now);
+            labelled
+                .actions
+                .lock()
+                .add(owner, series::no_labels(), 1, now);
         } else if labelled.rules.is_raw(fid) {
-            let labels: Vec<Option<&str>> = done.values.iter().map(|v| Some(v.as_str())).collect();
-            labelled.actions.lock().add(owner, &labels, 1, now);
+            labelled
+                .actions
+                .lock()
+                .add(owner, series::raw(done.values), 1, now);
         } else {
             let mut rendered = Vec::new();
             labelled.rules.render(fid, done.values, &mut rendered);
-            labelled.actions.lock().add(owner, &rendered, 1, now);
+            labelled
+                .actions
+                .lock()
+                .add(owner, series::rendered(&rendered), 1, now);
         }
     }
 
@@ -889,13 +895,11 @@ impl Metrics {
                     for action in names {
                         let owner = self.action_id(key.filter, action) as u32;
                         if !export.pending.has_patterns() {
-                            locked.add::<&str>(owner, &[], count, now);
+                            locked.add(owner, series::no_labels(), count, now);
                         } else if labelled.rules.is_raw(key.filter) {
-                            let labels: Vec<Option<&str>> =
-                                key.values.iter().map(|v| Some(v.as_str())).collect();
-                            locked.add(owner, &labels, count, now);
+                            locked.add(owner, series::raw(&key.values), count, now);
                         } else {
-                            locked.add(owner, &rendered, count, now);
+                            locked.add(owner, series::rendered(&rendered), count, now);
                         }
                     }
                 }

@@ -51,18 +51,34 @@ pub struct Locked<'a> {
     dropped: &'a AtomicU64,
 }
 
-fn hash_of<S: AsRef<str>>(
-    hasher: &foldhash::fast::RandomState,
-    owner: u32,
-    labels: &[Option<S>],
-) -> u64 {
+/// Label values in slot order, `None` where a label is left out; cloned
+/// to be walked more than once, so nothing is collected per count.
+pub trait Labels<'a>: ExactSizeIterator<Item = Option<&'a str>> + Clone {}
+impl<'a, T: ExactSizeIterator<Item = Option<&'a str>> + Clone> Labels<'a> for T {}
+
+/// No pattern label (a family with `extra: false`).
+pub fn no_labels<'a>() -> std::iter::Empty<Option<&'a str>> {
+    std::iter::empty()
+}
+
+/// Every value as its label.
+pub fn raw<'a>(values: &'a [String]) -> impl Labels<'a> {
+    values.iter().map(|v| Some(v.as_str()))
+}
+
+/// Rendered labels, as [`super::labels::LabelRules::render`] leaves them.
+pub fn rendered<'a>(labels: &'a [Option<String>]) -> impl Labels<'a> {
+    labels.iter().map(|l| l.as_deref())
+}
+
+fn hash_of<'a>(hasher: &foldhash::fast::RandomState, owner: u32, labels: impl Labels<'a>) -> u64 {
     let mut h = hasher.build_hasher();
     owner.hash(&mut h);
     for label in labels {
         match label {
             Some(value) => {
                 1u8.hash(&mut h);
-                value.as_ref().hash(&mut h);
+                value.hash(&mut h);
             }
             None => 0u8.hash(&mut h),
         }
@@ -70,31 +86,25 @@ fn hash_of<S: AsRef<str>>(
     h.finish()
 }
 
-fn same<S: AsRef<str>>(series: &Series, owner: u32, labels: &[Option<S>]) -> bool {
+fn same<'a>(series: &Series, owner: u32, labels: impl Labels<'a>) -> bool {
     series.owner == owner
         && series.labels.len() == labels.len()
         && series
             .labels
             .iter()
             .zip(labels)
-            .all(|(a, b)| a.as_deref() == b.as_ref().map(AsRef::as_ref))
+            .all(|(a, b)| a.as_deref() == b)
 }
 
 impl Locked<'_> {
     /// Adds `n` to the series, creating it if the table has room. Returns
     /// false when it had to be dropped.
-    pub fn add<S: AsRef<str>>(
-        &mut self,
-        owner: u32,
-        labels: &[Option<S>],
-        n: u64,
-        now: u64,
-    ) -> bool {
+    pub fn add<'a>(&mut self, owner: u32, labels: impl Labels<'a>, n: u64, now: u64) -> bool {
         let table = &mut *self.table;
-        let hash = hash_of(&table.hasher, owner, labels);
+        let hash = hash_of(&table.hasher, owner, labels.clone());
         if let Some(series) = table
             .series
-            .find_mut(hash, |s| s.hash == hash && same(s, owner, labels))
+            .find_mut(hash, |s| s.hash == hash && same(s, owner, labels.clone()))
         {
             series.value += n;
             series.touched = now;
@@ -106,10 +116,7 @@ impl Locked<'_> {
         }
         let series = Series {
             owner,
-            labels: labels
-                .iter()
-                .map(|l| l.as_ref().map(|v| Box::from(v.as_ref())))
-                .collect(),
+            labels: labels.map(|l| l.map(Box::from)).collect(),
             value: n,
             touched: now,
             hash,
@@ -170,8 +177,8 @@ impl SeriesTable {
 mod tests {
     use super::*;
 
-    fn labels(ip: &str) -> [Option<&str>; 1] {
-        [Some(ip)]
+    fn labels(ip: &str) -> std::array::IntoIter<Option<&str>, 1> {
+        [Some(ip)].into_iter()
     }
 
     #[test]
@@ -179,10 +186,10 @@ mod tests {
         let table = SeriesTable::new(10);
         {
             let mut t = table.lock();
-            t.add(0, &labels("1.2.3.4"), 1, 0);
-            t.add(0, &labels("1.2.3.4"), 2, 0);
-            t.add(1, &labels("1.2.3.4"), 1, 0);
-            t.add(0, &[None::<&str>], 1, 0);
+            t.add(0, labels("1.2.3.4"), 1, 0);
+            t.add(0, labels("1.2.3.4"), 2, 0);
+            t.add(1, labels("1.2.3.4"), 1, 0);
+            t.add(0, [None].into_iter(), 1, 0);
         }
         let mut taken = table.take();
         taken.sort_by_key(|s| (s.owner, s.value));
@@ -195,10 +202,10 @@ mod tests {
     fn series_beyond_the_bound_are_dropped_and_counted() {
         let table = SeriesTable::new(2);
         let mut t = table.lock();
-        assert!(t.add(0, &labels("a"), 1, 0));
-        assert!(t.add(0, &labels("b"), 1, 0));
-        assert!(!t.add(0, &labels("c"), 3, 0));
-        assert!(t.add(0, &labels("a"), 1, 0), "existing series still count");
+        assert!(t.add(0, labels("a"), 1, 0));
+        assert!(t.add(0, labels("b"), 1, 0));
+        assert!(!t.add(0, labels("c"), 3, 0));
+        assert!(t.add(0, labels("a"), 1, 0), "existing series still count");
         drop(t);
         assert_eq!(table.dropped(), 3);
         assert_eq!(table.len(), 2);
@@ -209,8 +216,8 @@ mod tests {
         let table = SeriesTable::new(10);
         {
             let mut t = table.lock();
-            t.add(0, &labels("old"), 1, 100);
-            t.add(0, &labels("new"), 1, 200);
+            t.add(0, labels("old"), 1, 100);
+            t.add(0, labels("new"), 1, 200);
         }
         let mut seen = Vec::new();
         table.visit(150, |s| seen.push(s.labels[0].clone()));
