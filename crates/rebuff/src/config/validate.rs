@@ -143,6 +143,24 @@ fn key_loc<'a>(entries: &'a Entries, name: &str) -> Option<&'a Loc> {
         .map(|(k, _)| &k.loc)
 }
 
+/// The error for a key not in `known`: what is accepted, and the closest
+/// known key when it is likely a typo.
+pub fn unknown_key_message(name: &str, known: &[&str]) -> String {
+    let closest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(k, name), *k))
+        .min()
+        .filter(|&(distance, k)| distance <= 2.max(k.len() / 4));
+    let hint = match closest {
+        Some((_, k)) => format!("; did you mean '{k}'?"),
+        None => String::new(),
+    };
+    format!(
+        "unknown key '{name}'{hint} (accepted here: {})",
+        known.join(", ")
+    )
+}
+
 fn is_word(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
@@ -181,27 +199,13 @@ impl Checker {
     /// Reports keys not in `known`, suggesting the closest known one.
     fn known_keys(&mut self, entries: &Entries, path: &str, known: &[&str]) {
         for (key, _) in entries {
-            if known.contains(&key.name.as_str()) {
-                continue;
+            if !known.contains(&key.name.as_str()) {
+                self.error(
+                    &key.loc,
+                    &join(path, &key.name),
+                    unknown_key_message(&key.name, known),
+                );
             }
-            let closest = known
-                .iter()
-                .map(|k| (strsim::damerau_levenshtein(k, &key.name), *k))
-                .min()
-                .filter(|&(distance, k)| distance <= 2.max(k.len() / 4));
-            let hint = match closest {
-                Some((_, k)) => format!("; did you mean '{k}'?"),
-                None => String::new(),
-            };
-            self.error(
-                &key.loc,
-                &join(path, &key.name),
-                format!(
-                    "unknown key '{}'{hint} (accepted here: {})",
-                    key.name,
-                    known.join(", ")
-                ),
-            );
         }
     }
 

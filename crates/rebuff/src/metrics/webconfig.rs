@@ -46,6 +46,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::tree::{Key, Loc, Node, ParseError, Value};
+use crate::config::validate::unknown_key_message;
 use crate::config::{ConfigError, ConfigErrors, yaml};
 
 /// bcrypt verifications run at once; more wait. Each takes a core for tens
@@ -763,29 +764,12 @@ impl Loader<'_> {
             if known.contains(&key.name.as_str()) {
                 continue;
             }
-            let closest = known
-                .iter()
-                .map(|k| (strsim::damerau_levenshtein(k, &key.name), *k))
-                .min()
-                .filter(|&(distance, k)| distance <= 2.max(k.len() / 4));
-            let hint = match closest {
-                Some((_, k)) => format!("; did you mean '{k}'?"),
-                None => String::new(),
-            };
             let here = if path.is_empty() {
                 key.name.clone()
             } else {
                 format!("{path}.{}", key.name)
             };
-            self.error(
-                &key.loc,
-                &here,
-                format!(
-                    "unknown key '{}'{hint} (accepted here: {})",
-                    key.name,
-                    known.join(", ")
-                ),
-            );
+            self.error(&key.loc, &here, unknown_key_message(&key.name, known));
         }
     }
 }
