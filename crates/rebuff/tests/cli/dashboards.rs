@@ -425,11 +425,20 @@ fn check_known_answers(api: &dyn QueryApi, name: &str) {
         "timeouts never grow"
     );
 
-    let lifetimes = panel_samples(api, name, "Longest-lived label sets");
-    assert!(
-        lifetimes.iter().any(|(_, seconds)| *seconds >= 1.0),
-        "label sets seen for seconds have a lifetime: {lifetimes:?}"
-    );
+    // A lifetime needs samples on two subquery steps: more scrapes may be
+    // needed on a loaded machine, so poll rather than ask once.
+    let start = std::time::Instant::now();
+    loop {
+        let lifetimes = panel_samples(api, name, "Longest-lived label sets");
+        if lifetimes.iter().any(|(_, seconds)| *seconds >= 1.0) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DATA_DEADLINE,
+            "label sets seen for seconds have a lifetime: {lifetimes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Two canned rebuff endpoints, as two machines; their counters grow with
