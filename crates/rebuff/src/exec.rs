@@ -3,9 +3,12 @@
 //!
 //! Owns the children it spawns and the action concurrency limit. Receives
 //! argv lists ([`run_child`], [`run_commands`]) and [`ActionJob`]s (from the
-//! tracker, through [`Executor::spawn`] or [`Executor::run`]); sends
-//! nothing back but the [`ExitOutcome`], the reaction-compatible `run` lines
-//! (through [`crate::log`]) and the counters in [`ExecStats`].
+//! tracker, through [`Executor::spawn`]); sends back
+//! the [`ExitOutcome`], a [`Finished`] report for every job of a tracked
+//! trigger (the tracker retires a trigger only once its actions have
+//! finished), the `ERROR` line of a failed action (through [`crate::log`];
+//! the `run` line is the tracker's, written in decision order) and the
+//! counters in [`ExecStats`].
 //!
 //! Every child runs in its own process group, so a timeout kills what it
 //! started too (`sh -c 'sleep 30 & wait'`). Its stdout and stderr are piped
@@ -28,7 +31,7 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::process::Command;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -475,6 +478,27 @@ pub struct ActionJob {
     pub values: Values,
     /// Re-run from the store at start rather than caused by a new match.
     pub replayed: bool,
+    /// The trigger this action belongs to, when the tracker waits for it
+    /// to finish (jails: the next action of the trigger and the trigger's
+    /// retirement from the store wait for this one).
+    pub owner: Option<TriggerRef>,
+}
+
+/// A trigger of a filter, as the tracker names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriggerRef {
+    /// Global index of the filter.
+    pub filter: usize,
+    /// The trigger's id, unique for the daemon's lifetime.
+    pub trigger: u64,
+}
+
+/// An action of a tracked trigger has finished: it exited, failed to
+/// start, or was killed at its timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub owner: TriggerRef,
+    pub values: Values,
 }
 
 impl ActionJob {
@@ -515,12 +539,20 @@ struct Inner {
     tracker: TaskTracker,
     stats: ExecStats,
     metrics: Arc<Metrics>,
+    /// Where [`Finished`] reports go; `None` when nobody waits for them.
+    finished: Option<mpsc::UnboundedSender<Finished>>,
 }
 
 impl Executor {
     /// `concurrency > 0`: at most that many actions at once; `0`: the
     /// number of CPUs; `< 0`: unlimited (reaction's `concurrency` key).
-    pub fn new(concurrency: i64, metrics: Arc<Metrics>) -> Self {
+    /// Jobs with an [`owner`](ActionJob::owner) are reported to `finished`
+    /// when they end.
+    pub fn new(
+        concurrency: i64,
+        metrics: Arc<Metrics>,
+        finished: Option<mpsc::UnboundedSender<Finished>>,
+    ) -> Self {
         let limit = match concurrency {
             c if c < 0 => None,
             0 => Some(std::thread::available_parallelism().map_or(1, usize::from)),
@@ -534,13 +566,15 @@ impl Executor {
                 tracker: TaskTracker::new(),
                 stats: ExecStats::default(),
                 metrics,
+                finished,
             }),
         }
     }
 
     /// Queues an action and returns at once. It runs when a slot is free
     /// (in the order queued: the semaphore is fair), is logged with
-    /// [`log::action_ran`] when it ends, and is counted in the stats.
+    /// [`log::action_failed`] if it fails, counted in the stats, and
+    /// reported as [`Finished`] when it has an owner.
     /// Must be called from within a tokio runtime.
     pub fn spawn(&self, job: ActionJob) {
         self.inner.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -549,13 +583,6 @@ impl Executor {
         self.inner
             .tracker
             .spawn(Arc::clone(&self.inner).execute(job));
-    }
-
-    /// Runs an action now and waits for it, under the same limit (for the
-    /// `onexit` and flushed actions at shutdown).
-    pub async fn run(&self, job: ActionJob) -> ExitOutcome {
-        self.inner.stats.queued.fetch_add(1, Ordering::Relaxed);
-        Arc::clone(&self.inner).execute(job).await
     }
 
     /// Waits until every action queued with [`spawn`](Self::spawn) has
@@ -616,7 +643,17 @@ impl Inner {
         if outcome.timed_out {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
         }
-        log::action_ran(&job.stream, &job.filter, &job.action, &job.argv, &outcome);
+        if !outcome.success() {
+            log::action_failed(&job.stream, &job.filter, &job.action, &outcome);
+        }
+        if let (Some(owner), Some(finished)) = (job.owner, &self.finished) {
+            // The tracker is gone only once the daemon stops, when nothing
+            // waits for this any more.
+            let _ = finished.send(Finished {
+                owner,
+                values: job.values,
+            });
+        }
         outcome
     }
 }
@@ -648,6 +685,7 @@ mod tests {
             action_id: 0,
             values: Box::new([]),
             replayed: false,
+            owner: None,
         }
     }
 
@@ -921,9 +959,12 @@ mod tests {
     #[test]
     fn concurrency_zero_means_the_number_of_cpus_and_negative_means_unlimited() {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(Executor::new(0, Default::default()).limit(), Some(cpus));
-        assert_eq!(Executor::new(3, Default::default()).limit(), Some(3));
-        assert_eq!(Executor::new(-1, Default::default()).limit(), None);
+        assert_eq!(
+            Executor::new(0, Default::default(), None).limit(),
+            Some(cpus)
+        );
+        assert_eq!(Executor::new(3, Default::default(), None).limit(), Some(3));
+        assert_eq!(Executor::new(-1, Default::default(), None).limit(), None);
     }
 
     #[tokio::test]
@@ -931,7 +972,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let events = dir.path().join("events");
         let release = dir.path().join("release");
-        let executor = Executor::new(2, Default::default());
+        let executor = Executor::new(2, Default::default(), None);
         // Each job records its start, waits for the release file, records
         // its end. Appends of a few bytes to one file are atomic.
         let script =
@@ -971,27 +1012,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn wait_idle_waits_for_every_spawned_action_and_logs_each_run() {
+    async fn wait_idle_waits_for_every_spawned_action_and_logs_each_failure() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let done = dir.path().join("done");
         let capture = capture::start();
-        let executor = Executor::new(-1, Default::default());
-        executor.spawn(job(sh("sleep 0.2; touch \"$1\"", &[path_str(&done)])));
+        let (reports, mut finished) = mpsc::unbounded_channel();
+        let executor = Executor::new(-1, Default::default(), Some(reports));
+        let owner = TriggerRef {
+            filter: 3,
+            trigger: 7,
+        };
+        let mut slow = job(sh("sleep 0.2; touch \"$1\"", &[path_str(&done)]));
+        slow.owner = Some(owner);
+        executor.spawn(slow);
         executor.spawn(job(argv(&["false"])));
         executor.wait_idle().await;
         assert!(done.exists());
-        let mut lines = capture.lines();
-        lines.sort();
+        // The `run` lines are the tracker's; only the failure is logged here.
         assert_eq!(
-            lines,
-            [
-                r#"ERROR ssh.failedlogin.ban: run ["false"]: exit code: 1"#.to_owned(),
-                format!(
-                    r#"INFO ssh.failedlogin.ban: run ["sh" "-c" "sleep 0.2; touch \"$1\"" "sh" "{}"]"#,
-                    done.display()
-                ),
-            ]
+            capture.lines(),
+            ["ERROR ssh.failedlogin.ban: action failed: exit code: 1"]
         );
+        // Only the job with an owner is reported, once it has finished.
+        assert_eq!(
+            finished.try_recv().ok(),
+            Some(Finished {
+                owner,
+                values: Box::new([])
+            })
+        );
+        assert!(finished.try_recv().is_err());
         let stats = executor.stats();
         assert_eq!(stats.succeeded.load(Ordering::Relaxed), 1);
         assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
@@ -1003,21 +1053,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn run_waits_for_the_action_and_counts_timeouts() {
+    async fn a_timeout_is_counted_and_logged() {
         let capture = capture::start();
-        let executor = Executor::new(1, Default::default());
+        let executor = Executor::new(1, Default::default(), None);
         let mut slow = job(argv(&["sleep", "30"]));
         slow.timeout = Duration::from_millis(200);
-        let outcome = executor.run(slow).await;
-        assert!(outcome.timed_out);
+        executor.spawn(slow);
+        executor.wait_idle().await;
         let stats = executor.stats();
         assert_eq!(stats.timed_out.load(Ordering::Relaxed), 1);
         assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
         assert_eq!(
             capture.lines(),
-            [
-                r#"ERROR ssh.failedlogin.ban: run ["sleep" "30"]: exit code: 137 (timed out after 200ms)"#
-            ]
+            ["ERROR ssh.failedlogin.ban: action failed: exit code: 137 (timed out after 200ms)"]
         );
     }
 

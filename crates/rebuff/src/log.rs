@@ -3,7 +3,8 @@
 //!
 //! Owns the global `tracing` subscriber ([`init`]) and the writer thread
 //! behind it. Receives `tracing` events from every task; sends finished lines
-//! to stdout. The event-line functions ([`match_found`], [`action_ran`],
+//! to stdout. The event-line functions ([`match_found`], [`action_started`],
+//! [`action_failed`],
 //! [`command_ran`], the `stream_*` family, [`signal_received`]) are the only
 //! way the rest of the daemon writes those lines, so their text lives in one
 //! place.
@@ -528,26 +529,30 @@ pub fn match_found<S: AsRef<str>>(stream: &str, filter: &str, values: &[S]) {
     tracing::info!("{text}");
 }
 
-/// `INFO ssh.failedlogin.ban: run ["echo" "ban" "203.0.113.7"]` when the
-/// action succeeded, `ERROR ssh.failedlogin.ban: run ["false"]: exit code:
-/// 1` (plus ` (detail)`) when it did not. Logged when the action ends.
-pub fn action_ran<S: AsRef<str>>(
-    stream: &str,
-    filter: &str,
-    action: &str,
-    argv: &[S],
-    outcome: &ExitOutcome,
-) {
+/// `INFO ssh.failedlogin.ban: run ["echo" "ban" "203.0.113.7"]`, written by
+/// the tracker when it hands the action over, right after the `match` line
+/// that caused it: reaction-metrics-exporter labels a `run` line with the
+/// values of the latest `match` line of its filter, so the two must be in
+/// decision order.
+pub fn action_started<S: AsRef<str>>(stream: &str, filter: &str, action: &str, argv: &[S]) {
+    if !tracing::enabled!(Level::INFO) {
+        return;
+    }
     let mut text = format!("{stream}.{filter}.{action}: run ");
     // reaction writes action argv without commas; the exporter only splits
     // it on `" "` and never exports it.
     push_json_list(&mut text, argv, " ", LIST_BUDGET);
-    if outcome.success() {
-        tracing::info!("{text}");
-    } else {
-        push_exit_suffix(&mut text, outcome);
-        tracing::error!("{text}");
-    }
+    tracing::info!("{text}");
+}
+
+/// `ERROR ssh.failedlogin.ban: action failed: exit code: 1` (plus
+/// ` (detail)`), when the action ends badly. It carries no argv and no
+/// `run [`, so the exporter, which counts `ERROR … run [...]` lines as
+/// actions, does not count the action twice; the argv is on its `run` line.
+pub fn action_failed(stream: &str, filter: &str, action: &str, outcome: &ExitOutcome) {
+    let mut text = format!("{stream}.{filter}.{action}: action failed");
+    push_exit_suffix(&mut text, outcome);
+    tracing::error!("{text}");
 }
 
 /// `INFO start command: run ["iptables", "-w", "-N", "reaction"]` or
@@ -946,9 +951,9 @@ mod tests {
     }
 
     #[test]
-    fn a_successful_action_is_an_info_run_line_with_space_separated_argv() {
+    fn a_started_action_is_an_info_run_line_with_space_separated_argv() {
         let argv = strings(&["echo", "ban", "203.0.113.7"]);
-        let lines = logged(|| action_ran("ssh", "failedlogin", "ban", &argv, &ok()));
+        let lines = logged(|| action_started("ssh", "failedlogin", "ban", &argv));
         assert_eq!(
             lines,
             [r#"INFO ssh.failedlogin.ban: run ["echo" "ban" "203.0.113.7"]"#]
@@ -956,23 +961,29 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_action_is_an_error_run_line_with_the_exit_code_then_the_detail() {
+    fn a_failed_action_is_an_error_line_the_exporter_does_not_count_as_a_run() {
         let lines = logged(|| {
-            action_ran("ssh", "f", "ban", &["false"], &failed(1, None));
-            action_ran(
+            action_failed("ssh", "f", "ban", &failed(1, None));
+            action_failed(
                 "ssh",
                 "f",
                 "ban",
-                &["x]"],
                 &failed(127, Some("No such file or directory")),
             );
         });
         assert_eq!(
             lines,
             [
-                r#"ERROR ssh.f.ban: run ["false"]: exit code: 1"#,
-                r#"ERROR ssh.f.ban: run ["x\u005d"]: exit code: 127 (No such file or directory)"#,
+                "ERROR ssh.f.ban: action failed: exit code: 1",
+                "ERROR ssh.f.ban: action failed: exit code: 127 (No such file or directory)",
             ]
+        );
+        // The exporter's event regex (reference/exporter-formats.md §1.2a)
+        // needs `: match [` or `: run [`.
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains(": run [") && !l.contains(": match ["))
         );
     }
 

@@ -198,8 +198,8 @@ fn read_and_match(deps: &StreamDeps, output: impl io::Read) -> io::Result<()> {
             for m in found.drain(..) {
                 match m.outcome {
                     Ok(values) => {
-                        let filter = &stream.filters[m.filter];
-                        log::match_found(&stream.name, &filter.name, &values);
+                        // Its `match` line is the tracker's, written in
+                        // decision order with the `run` lines it causes.
                         batch.push(Match {
                             filter: m.filter,
                             values,

@@ -10,12 +10,23 @@
 //! - a trigger with delayed actions is committed durably to the store
 //!   *before* any of its actions is handed to the executor (group commit:
 //!   one commit per drained batch of messages, not one per match);
+//! - the actions of one trigger run in their scheduled order: a delayed
+//!   action is handed over only once every earlier action of its trigger
+//!   has finished (the executor reports [`Finished`]), at restore too, so
+//!   an overdue unban never overtakes the ban re-applied before it;
+//! - actions run at least once: a trigger leaves the store (its `Done`
+//!   record) only after its last action has *finished*; a crash before
+//!   that runs its actions again at restart;
 //! - a timer carries the trigger time it was scheduled for; when it fires
 //!   it runs only if that trigger is still pending with that action, so an
 //!   address flushed or re-banned (`extend`) is never unbanned by a stale
 //!   timer;
-//! - `flush` is durable before its actions run, so a restart cannot
-//!   resurrect what was flushed.
+//! - `flush` is durable at once as an intent: the flushed entry is
+//!   forgotten, and its pending actions are stored as due now, so they
+//!   still run after a crash, until they have finished;
+//! - each `match` line and the `run` lines of the actions it causes are
+//!   logged here, in decision order, so reaction-metrics-exporter (which
+//!   labels a `run` line with its filter's latest `match`) is never misled.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -23,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foldhash::fast::RandomState;
-use rebuff_engine::{Decision, FilterDecider, Time, Trigger, TriggerKind, Values};
+use rebuff_engine::{Decision, FilterDecider, FilterPlan, Time, Trigger, TriggerKind, Values};
 use regex::Regex;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
@@ -32,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Action, Config};
 use crate::control::{ControlCmd, Request, Response, Selection};
-use crate::exec::{ActionJob, Executor};
+use crate::exec::{ActionJob, Executor, Finished, TriggerRef};
+use crate::log;
 use crate::metrics::{Ignored, Metrics, PendingCmd, PendingKey, PendingSnapshot};
 use crate::replay::format_time;
 use crate::store::{Record, Restored, Store};
@@ -66,21 +78,48 @@ pub fn now_ms() -> Time {
         .map_or(0, |d| d.as_millis() as Time)
 }
 
-/// A trigger of a jail whose delayed actions have not all run.
+/// A trigger of a jail whose actions have not all finished.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PendingTrigger {
-    /// Unique for the daemon's lifetime: timers name their trigger by it,
-    /// so a timer of a flushed trigger never acts on a later one.
+    /// Unique for the daemon's lifetime: timers and [`Finished`] reports
+    /// name their trigger by it, so a timer of a flushed trigger never acts
+    /// on a later one.
     id: u64,
-    /// When it triggered, or was last extended.
+    /// When it triggered, or was last extended; for a flushed trigger, a
+    /// time far enough back that every delayed action is due.
     time: Time,
-    /// Delayed actions still to run.
+    /// Delayed actions not yet handed to the executor.
     pending: Vec<usize>,
     /// Delayed actions with a timer in the heap. An `extend` moves `time`
     /// without adding timers: an early timer re-arms itself at the new due
     /// time, so a flood of duplicates cannot fill the heap.
     armed: Vec<usize>,
+    /// Due actions (also in `pending`) waiting for `in_flight` to drop to
+    /// zero, in due order: one is handed over at a time.
+    held: Vec<usize>,
+    /// Actions of this trigger handed to the executor and not finished.
+    in_flight: u32,
+    /// Actions due up to this time were due when the state was restored:
+    /// they are replays, which the exporter's families leave out.
+    replay_until: Time,
 }
+
+impl PendingTrigger {
+    fn new(id: u64, time: Time) -> Self {
+        PendingTrigger {
+            id,
+            time,
+            pending: Vec::new(),
+            armed: Vec::new(),
+            held: Vec::new(),
+            in_flight: 0,
+            replay_until: 0,
+        }
+    }
+}
+
+/// Triggers by value, in trigger order.
+type TriggerMap = HashMap<Values, Vec<PendingTrigger>, RandomState>;
 
 /// A delayed action due at `at` (or later, if its trigger was extended).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -103,7 +142,11 @@ struct FilterState {
     actions: Vec<Action>,
     action_names: Vec<Arc<str>>,
     decider: FilterDecider,
-    jail: HashMap<Values, Vec<PendingTrigger>, RandomState>,
+    /// Triggers with delayed actions not yet handed over.
+    jail: TriggerMap,
+    /// Triggers whose every action has been handed over (or released by a
+    /// flush) and that wait for them to finish before leaving the store.
+    retiring: TriggerMap,
     /// Matches are persisted only where they can add up to a trigger.
     persist_matches: bool,
     /// Triggers are persisted only for jails (filters with delayed actions).
@@ -119,13 +162,43 @@ impl FilterState {
     }
 }
 
+/// When `action` of `trigger` is due.
+fn due(plan: &FilterPlan, trigger: &PendingTrigger, action: usize) -> Time {
+    let after = plan.actions[action].after.unwrap_or(0);
+    trigger.time.saturating_add(after)
+}
+
+/// Inserts `action` among the held actions of `trigger`, keeping them in
+/// due order (ties in configuration order).
+fn hold(plan: &FilterPlan, trigger: &mut PendingTrigger, action: usize) {
+    if trigger.held.contains(&action) {
+        return;
+    }
+    let key = |a: usize| (due(plan, trigger, a), a);
+    let at = trigger
+        .held
+        .partition_point(|&other| key(other) < key(action));
+    trigger.held.insert(at, action);
+}
+
 /// Counts the daemon logs at shutdown and metrics read later.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TrackerReport {
     pub matches: u64,
     pub triggers: u64,
     pub actions: u64,
+    /// Persisted triggers brought back at start (with actions to run or
+    /// still to come).
     pub restored_triggers: u64,
+    /// Past actions of restored triggers run again at start.
+    pub rerun_actions: u64,
+    /// Delayed actions that fell due while rebuff was down, run at start
+    /// after the earlier actions of their trigger.
+    pub overdue_actions: u64,
+    /// Delayed actions of restored triggers scheduled for later.
+    pub scheduled_actions: u64,
+    /// Matches brought back into retry windows.
+    pub restored_matches: u64,
     pub dropped_entries: u64,
     pub store_errors: u64,
 }
@@ -152,6 +225,8 @@ pub struct TrackerInputs {
     /// to end: the tracker then takes what is queued and stops, even if a
     /// stuck stream still holds a sender.
     pub stop: CancellationToken,
+    /// The executor's reports of finished actions of tracked triggers.
+    pub finished: mpsc::UnboundedReceiver<Finished>,
 }
 
 #[derive(Debug)]
@@ -198,6 +273,7 @@ impl Tracker {
                     persist_triggers: plan.longest_delay().is_some(),
                     decider: FilterDecider::new(plan),
                     jail: HashMap::default(),
+                    retiring: HashMap::default(),
                     id: filters.len(),
                     first_action: deps.metrics.action_id(filters.len(), 0),
                 });
@@ -232,9 +308,10 @@ impl Tracker {
 
     /// Rebuilds state from the store, as reaction does at start: past
     /// actions of persisted triggers run again (the ban rebuilds the
-    /// firewall; an unban whose time passed runs now) except `oneshot` ones,
-    /// future ones are scheduled, and entries of filters that no longer
-    /// exist are dropped. The store is then compacted to the live state.
+    /// firewall) except `oneshot` ones, delayed actions that fell due while
+    /// rebuff was down run after them, future ones are scheduled, and
+    /// entries of filters that no longer exist are dropped. The store is
+    /// then compacted to the live state.
     pub fn restore(&mut self, restored: Restored, now: Time) -> anyhow::Result<()> {
         let mut dropped: HashMap<(String, String), u64> = HashMap::new();
         for entry in restored.entries {
@@ -252,6 +329,7 @@ impl Tracker {
                 for &time in &entry.matches {
                     if now.saturating_sub(time) < period {
                         fs.decider.restore_match(entry.values.clone(), time);
+                        self.report.restored_matches += 1;
                     }
                 }
             }
@@ -284,8 +362,14 @@ impl Tracker {
             );
         }
         self.compact()?;
+        let report = &self.report;
         tracing::info!(
-            triggers = self.report.restored_triggers,
+            triggers = report.restored_triggers,
+            rerun = report.rerun_actions,
+            overdue = report.overdue_actions,
+            scheduled = report.scheduled_actions,
+            matches = report.restored_matches,
+            dropped = report.dropped_entries,
             records = restored.records,
             "state restored"
         );
@@ -295,50 +379,78 @@ impl Tracker {
     fn restore_trigger(&mut self, fid: usize, values: &Values, time: Time, now: Time) {
         let fs = &mut self.filters[fid];
         fs.decider.restore_trigger(values.clone(), time);
-        let mut pending = Vec::new();
+        self.next_trigger_id += 1;
+        let mut trigger = PendingTrigger::new(self.next_trigger_id, time);
+        trigger.replay_until = now;
+        let mut rerun = Vec::new();
         for (action, spec) in fs.decider.plan().actions.iter().enumerate() {
             if !fs.decider.plan().action_applies(action, values) {
                 continue;
             }
             let at = time.saturating_add(spec.after.unwrap_or(0));
             if spec.after.is_some() && at > now {
-                pending.push(action);
-            } else if !spec.oneshot {
-                let job = job(fs, action, values, self.action_timeout, true);
-                self.ready.push(job);
+                trigger.pending.push(action);
+            } else if spec.oneshot {
+                // Never run again at start, as in reaction.
+            } else if spec.after.is_some() {
+                trigger.pending.push(action);
+                hold(fs.decider.plan(), &mut trigger, action);
+                self.report.overdue_actions += 1;
+            } else {
+                rerun.push(action);
             }
         }
-        if pending.is_empty() {
+        if trigger.pending.is_empty() && rerun.is_empty() {
             return;
         }
         self.report.restored_triggers += 1;
-        self.add_pending_trigger(fid, values, time, pending);
+        self.report.rerun_actions += rerun.len() as u64;
+        self.report.scheduled_actions += (trigger.pending.len() - trigger.held.len()) as u64;
+        let owner = TriggerRef {
+            filter: fid,
+            trigger: trigger.id,
+        };
+        for action in rerun {
+            trigger.in_flight += 1;
+            let job = job(fs, action, values, self.action_timeout, true, Some(owner));
+            schedule(&mut self.ready, job);
+        }
+        let (id, scheduled) = (trigger.id, trigger.pending.clone());
+        for action in scheduled {
+            if !trigger.held.contains(&action) {
+                trigger.armed.push(action);
+                self.arm(fid, values, id, time, action);
+            }
+        }
+        let fs = &mut self.filters[fid];
+        fs.jail.entry(values.clone()).or_default().push(trigger);
+        self.settle(fid, values, id);
     }
 
-    /// Jails `values` with a new pending trigger and arms a timer for each
-    /// of its delayed actions.
+    /// Jails `values` with a new pending trigger whose immediate actions
+    /// (`in_flight` of them) were just handed over, and arms a timer for
+    /// each of its delayed actions. Returns its id.
     fn add_pending_trigger(
         &mut self,
         fid: usize,
         values: &Values,
         time: Time,
         pending: Vec<usize>,
-    ) {
+    ) -> u64 {
         self.next_trigger_id += 1;
         let id = self.next_trigger_id;
         for &action in &pending {
             self.arm(fid, values, id, time, action);
         }
+        let mut trigger = PendingTrigger::new(id, time);
+        trigger.armed.clone_from(&pending);
+        trigger.pending = pending;
         self.filters[fid]
             .jail
             .entry(values.clone())
             .or_default()
-            .push(PendingTrigger {
-                id,
-                time,
-                armed: pending.clone(),
-                pending,
-            });
+            .push(trigger);
+        id
     }
 
     fn arm(&mut self, fid: usize, values: &Values, trigger: u64, time: Time, action: usize) {
@@ -356,8 +468,89 @@ impl Tracker {
         }));
     }
 
+    /// Moves a trigger on after a change: hands over its next held action
+    /// once nothing of it is in flight, sends it to `retiring` once nothing
+    /// is left to hand over, and retires it (a `Done` record) once
+    /// everything has finished.
+    fn settle(&mut self, fid: usize, values: &Values, id: u64) {
+        let timeout = self.action_timeout;
+        let fs = &mut self.filters[fid];
+        let in_jail = fs
+            .jail
+            .get(values)
+            .is_some_and(|list| list.iter().any(|t| t.id == id));
+        let map = if in_jail {
+            &mut fs.jail
+        } else {
+            &mut fs.retiring
+        };
+        let Some(list) = map.get_mut(values) else {
+            return;
+        };
+        let Some(index) = list.iter().position(|t| t.id == id) else {
+            return;
+        };
+        let trigger = &mut list[index];
+        let mut next = None;
+        if trigger.in_flight == 0 && !trigger.held.is_empty() {
+            let action = trigger.held.remove(0);
+            trigger.pending.retain(|&a| a != action);
+            trigger.armed.retain(|&a| a != action);
+            trigger.in_flight += 1;
+            let after = fs.decider.plan().actions[action].after.unwrap_or(0);
+            let replayed = trigger.time.saturating_add(after) <= trigger.replay_until;
+            next = Some((action, replayed));
+        }
+        let finished = trigger.in_flight == 0 && trigger.pending.is_empty();
+        let handed_over = trigger.pending.is_empty();
+        if finished || (in_jail && handed_over) {
+            let trigger = list.remove(index);
+            if list.is_empty() {
+                map.remove(values);
+            }
+            if finished {
+                self.store.append(&Record::Done {
+                    stream: &fs.stream,
+                    filter: &fs.name,
+                    values,
+                    time: trigger.time,
+                });
+            } else {
+                fs.retiring.entry(values.clone()).or_default().push(trigger);
+            }
+        }
+        if let Some((action, replayed)) = next {
+            let owner = TriggerRef {
+                filter: fid,
+                trigger: id,
+            };
+            let job = job(fs, action, values, timeout, replayed, Some(owner));
+            schedule(&mut self.ready, job);
+        }
+    }
+
+    /// An action of a tracked trigger has finished.
+    fn on_finished(&mut self, finished: Finished) {
+        let Finished { owner, values } = finished;
+        let Some(fs) = self.filters.get_mut(owner.filter) else {
+            return;
+        };
+        let trigger = [&mut fs.jail, &mut fs.retiring]
+            .into_iter()
+            .filter_map(|map| map.get_mut(&values))
+            .flat_map(|list| list.iter_mut())
+            .find(|t| t.id == owner.trigger);
+        // Gone: dropped by an `extend` that replaced older triggers.
+        let Some(trigger) = trigger else {
+            return;
+        };
+        trigger.in_flight = trigger.in_flight.saturating_sub(1);
+        self.settle(owner.filter, &values, owner.trigger);
+    }
+
     /// Serves until every stream has ended (the match channel closed), then
-    /// runs the pending `onexit` actions and commits the store.
+    /// lets the actions handed over finish, runs the pending `onexit`
+    /// actions and commits the store.
     pub async fn run(mut self, mut inputs: TrackerInputs) -> anyhow::Result<TrackerReport> {
         // Restored actions wait for nothing but the restore's compaction.
         self.dispatch_ready();
@@ -378,6 +571,15 @@ impl Tracker {
                     for _ in 1..MAX_MESSAGES_PER_ROUND {
                         match inputs.matches.try_recv() {
                             Ok(batch) => self.on_batch(batch),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(finished) = inputs.finished.recv() => {
+                    self.on_finished(finished);
+                    for _ in 1..MAX_MESSAGES_PER_ROUND {
+                        match inputs.finished.try_recv() {
+                            Ok(finished) => self.on_finished(finished),
                             Err(_) => break,
                         }
                     }
@@ -414,10 +616,28 @@ impl Tracker {
             }
             self.dispatch_ready();
         }
+        self.finish_handed_over(&mut inputs.finished).await;
         self.run_onexit().await;
         self.commit_or_log();
         self.compact_or_log();
         Ok(self.report)
+    }
+
+    /// At shutdown: waits for the actions handed over, retiring the
+    /// triggers they finish and handing over the due actions that waited
+    /// for them, until nothing is left running.
+    async fn finish_handed_over(&mut self, finished: &mut mpsc::UnboundedReceiver<Finished>) {
+        loop {
+            self.executor.wait_idle().await;
+            while let Ok(report) = finished.try_recv() {
+                self.on_finished(report);
+            }
+            self.commit_or_log();
+            if self.ready.is_empty() {
+                return;
+            }
+            self.dispatch_ready();
+        }
     }
 
     fn on_batch(&mut self, batch: MatchBatch) {
@@ -432,6 +652,7 @@ impl Tracker {
     fn on_match(&mut self, fid: usize, values: Values, time: Time) {
         self.report.matches += 1;
         let fs = &mut self.filters[fid];
+        log::match_found(&fs.stream, &fs.name, &values);
         // A jailed value's match is a duplicate: it never counts, so it is
         // not persisted as a match either.
         if fs.persist_matches && !fs.decider.is_jailed(&values, time) {
@@ -454,23 +675,25 @@ impl Tracker {
             self.report.triggers += 1;
             self.metrics.trigger(fid);
         }
-        let fs = &mut self.filters[fid];
-        let mut delayed = Vec::new();
-        for scheduled in &trigger.actions {
-            if fs.is_delayed(scheduled.action) {
-                delayed.push(scheduled.action);
-            } else {
+        let fs = &self.filters[fid];
+        let (delayed, immediate): (Vec<usize>, Vec<usize>) = trigger
+            .actions
+            .iter()
+            .map(|scheduled| scheduled.action)
+            .partition(|&action| fs.is_delayed(action));
+        let jailed = fs.persist_triggers && !delayed.is_empty();
+        if !jailed {
+            for action in immediate {
                 let job = job(
                     fs,
-                    scheduled.action,
+                    action,
                     &trigger.values,
                     self.action_timeout,
                     false,
+                    None,
                 );
-                self.ready.push(job);
+                schedule(&mut self.ready, job);
             }
-        }
-        if !fs.persist_triggers || delayed.is_empty() {
             return;
         }
         let extend = trigger.kind == TriggerKind::Extend;
@@ -484,11 +707,13 @@ impl Tracker {
         if !extend {
             // Its first action must not run before this is on disk.
             self.durable_needed = true;
-            self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed);
+            let id = self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed);
+            self.hand_over_immediate(fid, &trigger.values, id, &immediate);
             return;
         }
         // An extension only moves the pending actions later: losing it in a
         // crash means an earlier unban, so it needs no sync of its own.
+        let fs = &mut self.filters[fid];
         let extended = fs.jail.get_mut(&trigger.values).and_then(|triggers| {
             // Under `extend` a value has one pending trigger at most.
             triggers.drain(..triggers.len().saturating_sub(1));
@@ -497,19 +722,48 @@ impl Tracker {
             let unarmed: Vec<usize> = delayed
                 .iter()
                 .copied()
-                .filter(|a| !pending.armed.contains(a))
+                .filter(|a| !pending.armed.contains(a) && !pending.held.contains(a))
                 .collect();
             pending.armed.extend(&unarmed);
-            pending.pending = delayed.clone();
+            pending.pending.clone_from(&delayed);
+            // Held actions wait again for their new due time.
+            pending.held.clear();
             Some((pending.id, unarmed))
         });
-        match extended {
-            Some((id, unarmed)) => {
-                for action in unarmed {
-                    self.arm(fid, &trigger.values, id, trigger.time, action);
-                }
+        let (id, unarmed) = match extended {
+            Some(extended) => extended,
+            None => {
+                let id = self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed);
+                (id, Vec::new())
             }
-            None => self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed),
+        };
+        for action in unarmed {
+            self.arm(fid, &trigger.values, id, trigger.time, action);
+        }
+        self.hand_over_immediate(fid, &trigger.values, id, &immediate);
+    }
+
+    /// Hands over the immediate actions of a new trigger, which its delayed
+    /// actions then wait for.
+    fn hand_over_immediate(&mut self, fid: usize, values: &Values, id: u64, actions: &[usize]) {
+        if actions.is_empty() {
+            return;
+        }
+        let fs = &mut self.filters[fid];
+        let owner = TriggerRef {
+            filter: fid,
+            trigger: id,
+        };
+        for &action in actions {
+            let job = job(fs, action, values, self.action_timeout, false, Some(owner));
+            schedule(&mut self.ready, job);
+        }
+        if let Some(trigger) = fs
+            .jail
+            .get_mut(values)
+            .and_then(|list| list.iter_mut().find(|t| t.id == id))
+        {
+            trigger.in_flight += actions.len() as u32;
         }
     }
 
@@ -519,20 +773,19 @@ impl Tracker {
                 break;
             };
             let fs = &mut self.filters[timer.filter];
+            let plan = fs.decider.plan();
             let Some(triggers) = fs.jail.get_mut(&timer.values) else {
                 continue;
             };
-            let Some(index) = triggers.iter().position(|t| t.id == timer.trigger) else {
+            let Some(trigger) = triggers.iter_mut().find(|t| t.id == timer.trigger) else {
                 // Flushed, or replaced: a stale timer.
                 continue;
             };
-            let trigger = &mut triggers[index];
             trigger.armed.retain(|&a| a != timer.action);
-            let Some(slot) = trigger.pending.iter().position(|&a| a == timer.action) else {
+            if !trigger.pending.contains(&timer.action) {
                 continue;
-            };
-            let after = fs.decider.plan().actions[timer.action].after.unwrap_or(0);
-            let due = trigger.time.saturating_add(after);
+            }
+            let due = due(plan, trigger, timer.action);
             if due > now {
                 // Extended since this timer was armed.
                 trigger.armed.push(timer.action);
@@ -544,24 +797,8 @@ impl Tracker {
                 }));
                 continue;
             }
-            trigger.pending.swap_remove(slot);
-            if trigger.pending.is_empty() {
-                let time = trigger.time;
-                triggers.swap_remove(index);
-                if triggers.is_empty() {
-                    fs.jail.remove(&timer.values);
-                }
-                // Not durable on its own: losing it only means the
-                // action runs once more after a crash.
-                self.store.append(&Record::Done {
-                    stream: &fs.stream,
-                    filter: &fs.name,
-                    values: &timer.values,
-                    time,
-                });
-            }
-            let job = job(fs, timer.action, &timer.values, self.action_timeout, false);
-            self.ready.push(job);
+            hold(plan, trigger, timer.action);
+            self.settle(timer.filter, &timer.values, timer.trigger);
         }
     }
 
@@ -613,15 +850,18 @@ impl Tracker {
             let triggers = fs
                 .persist_triggers
                 .then(|| {
-                    fs.jail.iter().flat_map(move |(values, triggers)| {
-                        triggers.iter().map(move |t| Record::Trigger {
-                            stream: &fs.stream,
-                            filter: &fs.name,
-                            values,
-                            time: t.time,
-                            replace: false,
+                    fs.jail
+                        .iter()
+                        .chain(&fs.retiring)
+                        .flat_map(move |(values, triggers)| {
+                            triggers.iter().map(move |t| Record::Trigger {
+                                stream: &fs.stream,
+                                filter: &fs.name,
+                                values,
+                                time: t.time,
+                                replace: false,
+                            })
                         })
-                    })
                 })
                 .into_iter()
                 .flatten();
@@ -668,7 +908,10 @@ impl Tracker {
                 for trigger in triggers {
                     for &action in &trigger.pending {
                         if fs.decider.plan().actions[action].onexit {
-                            jobs.push(job(fs, action, values, self.action_timeout, false));
+                            // No owner: the trigger stays in the store, and
+                            // the next start runs what is due then.
+                            let job = job(fs, action, values, self.action_timeout, false, None);
+                            jobs.push(job);
                         }
                     }
                 }
@@ -682,6 +925,7 @@ impl Tracker {
         tracing::info!(actions = jobs.len(), "running onexit actions");
         for job in jobs {
             self.report.actions += 1;
+            log::action_started(&job.stream, &job.filter, &job.action, &job.argv);
             self.executor.spawn(job);
         }
         self.executor.wait_idle().await;
@@ -886,25 +1130,52 @@ impl Tracker {
                 if let Some(entry) = self.entry(fid, &values, now) {
                     Self::insert_entry(&mut tree, &self.filters[fid], &values, entry);
                 }
-                let fs = &mut self.filters[fid];
-                fs.decider.forget(&values);
-                if let Some(triggers) = fs.jail.remove(&values) {
-                    for trigger in triggers {
-                        for action in trigger.pending {
-                            let job = job(fs, action, &values, self.action_timeout, false);
-                            self.ready.push(job);
-                        }
-                    }
-                }
-                self.store.append(&Record::Forget {
-                    stream: &fs.stream,
-                    filter: &fs.name,
-                    values: &values,
-                });
-                self.durable_needed = true;
+                self.flush_value(fid, &values, now);
             }
         }
         Ok(Value::Object(tree))
+    }
+
+    /// Forgets the matches and triggers of `values` and releases every
+    /// pending action of its triggers, due now. The store gets the intent
+    /// at once: the entry is forgotten, and each unfinished trigger is
+    /// stored again as old enough for all its actions to be due, so a
+    /// crash before they finish runs them at restart (after the trigger's
+    /// earlier actions, as any overdue action), and they leave the store
+    /// only once they have finished.
+    fn flush_value(&mut self, fid: usize, values: &Values, now: Time) {
+        let fs = &mut self.filters[fid];
+        fs.decider.forget(values);
+        self.store.append(&Record::Forget {
+            stream: &fs.stream,
+            filter: &fs.name,
+            values,
+        });
+        self.durable_needed = true;
+        let all_due = now.saturating_sub(fs.decider.plan().longest_delay().unwrap_or(0));
+        let mut released = Vec::new();
+        for mut trigger in fs.jail.remove(values).unwrap_or_default() {
+            trigger.time = all_due;
+            trigger.replay_until = 0;
+            trigger.armed.clear();
+            for action in trigger.pending.clone() {
+                hold(fs.decider.plan(), &mut trigger, action);
+            }
+            released.push(trigger.id);
+            fs.retiring.entry(values.clone()).or_default().push(trigger);
+        }
+        for trigger in fs.retiring.get(values).into_iter().flatten() {
+            self.store.append(&Record::Trigger {
+                stream: &fs.stream,
+                filter: &fs.name,
+                values,
+                time: trigger.time,
+                replace: false,
+            });
+        }
+        for id in released {
+            self.settle(fid, values, id);
+        }
     }
 
     fn trigger(
@@ -968,14 +1239,23 @@ struct SelectedFilter {
     slots: Vec<(usize, Regex)>,
 }
 
+/// Logs the `run` line of `job` (in decision order, right after the
+/// `match` line that caused it) and queues it for the next dispatch.
+fn schedule(ready: &mut Vec<ActionJob>, job: ActionJob) {
+    log::action_started(&job.stream, &job.filter, &job.action, &job.argv);
+    ready.push(job);
+}
+
 fn job(
     fs: &FilterState,
     action: usize,
     values: &[String],
     timeout: Duration,
     replayed: bool,
+    owner: Option<TriggerRef>,
 ) -> ActionJob {
     ActionJob {
+        owner,
         action_id: fs.first_action + action,
         values: values.into(),
         replayed,
@@ -1027,7 +1307,7 @@ streams:
     const T0: Time = 1_700_000_000_000;
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
         tracker: Tracker,
     }
 
@@ -1035,39 +1315,88 @@ streams:
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, CONFIG).expect("write config");
-        let config = crate::config::load(&config_path).expect("valid config");
-        let state = dir.path().join("state");
         {
-            let (mut store, _) = Store::open(&state).expect("open store");
+            let (mut store, _) = Store::open(&dir.path().join("state")).expect("open store");
             for record in restore {
                 store.append(record);
             }
             store.commit(true).expect("commit");
         }
-        let (store, restored) = Store::open(&state).expect("reopen store");
+        start(dir, now)
+    }
+
+    /// A tracker on the state and config in `dir`, restored at `now`.
+    fn start(dir: tempfile::TempDir, now: Time) -> Fixture {
+        let config = crate::config::load(&dir.path().join("config.yml")).expect("valid config");
+        let (store, restored) = Store::open(&dir.path().join("state")).expect("reopen store");
         let metrics = Arc::new(Metrics::new(&config));
         let mut tracker = Tracker::new(TrackerDeps {
             config: Arc::new(config),
             store,
-            executor: Executor::new(1, metrics.clone()),
+            executor: Executor::new(1, metrics.clone(), None),
             action_timeout: Duration::from_secs(1),
             metrics,
         });
         tracker.restore(restored, now).expect("restore");
-        Fixture { _dir: dir, tracker }
+        Fixture { dir, tracker }
+    }
+
+    /// What a crash leaves: what was committed, read by a new tracker at
+    /// `now` (actions handed over and not reported finished never were).
+    fn crash_and_restart(fx: Fixture, now: Time) -> Fixture {
+        let Fixture { dir, mut tracker } = fx;
+        tracker.commit().expect("commit");
+        drop(tracker);
+        start(dir, now)
     }
 
     fn values(ip: &str) -> Values {
         vec![ip.to_owned()].into_boxed_slice()
     }
 
-    /// The argv of the actions waiting for dispatch, emptied.
+    /// The argv of the actions waiting for dispatch, emptied; they are
+    /// then reported finished, which may hand over more.
     fn take_ready(tracker: &mut Tracker) -> Vec<String> {
-        tracker
-            .ready
-            .drain(..)
-            .map(|job| job.argv.join(" "))
-            .collect()
+        let jobs: Vec<ActionJob> = tracker.ready.drain(..).collect();
+        for job in &jobs {
+            if let Some(owner) = job.owner {
+                tracker.on_finished(Finished {
+                    owner,
+                    values: job.values.clone(),
+                });
+            }
+        }
+        jobs.iter().map(|job| job.argv.join(" ")).collect()
+    }
+
+    /// The actions waiting for dispatch, emptied, still running.
+    fn take_running(tracker: &mut Tracker) -> Vec<ActionJob> {
+        tracker.ready.drain(..).collect()
+    }
+
+    fn finish(tracker: &mut Tracker, jobs: Vec<ActionJob>) {
+        for job in jobs {
+            if let Some(owner) = job.owner {
+                tracker.on_finished(Finished {
+                    owner,
+                    values: job.values,
+                });
+            }
+        }
+    }
+
+    fn argvs(jobs: &[ActionJob]) -> Vec<String> {
+        jobs.iter().map(|job| job.argv.join(" ")).collect()
+    }
+
+    /// Every trigger the tracker still keeps, jailed or retiring.
+    fn kept(tracker: &Tracker) -> usize {
+        let fs = &tracker.filters[0];
+        fs.jail
+            .values()
+            .chain(fs.retiring.values())
+            .map(Vec::len)
+            .sum()
     }
 
     /// Two matches (the filter's `retry`) at `time`, the immediate actions
@@ -1099,20 +1428,97 @@ streams:
         assert!(take_ready(&mut tracker).is_empty());
         tracker.fire_due_timers(T0 + HOUR);
         assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.1"]);
-        assert!(tracker.filters[0].jail.is_empty());
+        assert_eq!(kept(&tracker), 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn an_unban_that_fell_due_while_stopped_runs_at_restart() {
+    async fn an_overdue_unban_runs_at_restart_only_after_the_reapplied_ban() {
         let ip = values("192.0.2.2");
         let fx = fixture(&[trigger_record(&ip, T0)], T0 + 2 * HOUR);
         let mut tracker = fx.tracker;
-        assert_eq!(
-            take_ready(&mut tracker),
-            vec!["ban 192.0.2.2", "unban 192.0.2.2"]
-        );
+        let ban = take_running(&mut tracker);
+        assert_eq!(argvs(&ban), vec!["ban 192.0.2.2"]);
         assert!(tracker.timers.is_empty());
-        assert!(tracker.filters[0].jail.is_empty());
+        assert_eq!(tracker.report().overdue_actions, 1);
+        assert_eq!(tracker.report().rerun_actions, 1);
+        // Nothing else is handed over while the ban runs.
+        tracker.fire_due_timers(T0 + 3 * HOUR);
+        assert!(tracker.ready.is_empty());
+        finish(&mut tracker, ban);
+        let unban = take_running(&mut tracker);
+        assert_eq!(argvs(&unban), vec!["unban 192.0.2.2"]);
+        assert!(unban[0].replayed);
+        assert_eq!(kept(&tracker), 1, "kept until the unban has finished");
+        finish(&mut tracker, unban);
+        assert_eq!(kept(&tracker), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_due_unban_waits_for_its_own_slow_ban_not_for_others() {
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        let (slow, quick) = (values("192.0.2.20"), values("192.0.2.21"));
+        for ip in [&slow, &quick] {
+            tracker.on_match(0, ip.clone(), T0);
+            tracker.on_match(0, ip.clone(), T0);
+        }
+        let jobs = take_running(&mut tracker);
+        let (slow_jobs, quick_jobs): (Vec<_>, Vec<_>) =
+            jobs.into_iter().partition(|job| job.values == slow);
+        finish(&mut tracker, quick_jobs);
+        tracker.fire_due_timers(T0 + HOUR);
+        assert_eq!(argvs(&take_running(&mut tracker)), vec!["unban 192.0.2.21"]);
+        finish(&mut tracker, slow_jobs);
+        assert_eq!(argvs(&take_running(&mut tracker)), vec!["unban 192.0.2.20"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_handed_over_unban_lost_in_a_crash_runs_after_restart() {
+        let ip = values("192.0.2.22");
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        ban(&mut tracker, &ip, T0);
+        tracker.fire_due_timers(T0 + HOUR);
+        // Handed over, never finished: the daemon dies here.
+        assert_eq!(argvs(&take_running(&mut tracker)), vec!["unban 192.0.2.22"]);
+        let fx = crash_and_restart(Fixture { tracker, ..fx }, T0 + HOUR + 1);
+        let mut tracker = fx.tracker;
+        assert_eq!(take_ready(&mut tracker), vec!["ban 192.0.2.22"]);
+        assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.22"]);
+        assert_eq!(kept(&tracker), 0);
+        // Once finished, it is gone for good.
+        let fx = crash_and_restart(Fixture { tracker, ..fx }, T0 + 2 * HOUR);
+        assert!(fx.tracker.ready.is_empty());
+        assert_eq!(fx.tracker.report().restored_triggers, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_flush_is_an_intent_that_survives_a_crash_until_its_actions_finish() {
+        let ip = values("192.0.2.23");
+        // Flush works in wall-clock time.
+        let t0 = now_ms();
+        let fx = fixture(&[], t0);
+        let mut tracker = fx.tracker;
+        tracker.on_match(0, ip.clone(), t0);
+        tracker.on_match(0, ip.clone(), t0);
+        // The ban is still running when the flush comes: the unban waits.
+        let ban = take_running(&mut tracker);
+        tracker.flush(&Selection::default()).expect("flush");
+        assert!(tracker.ready.is_empty());
+        assert!(tracker.show(&Selection::default()).expect("show") == json!({}));
+        let fx = crash_and_restart(Fixture { tracker, ..fx }, now_ms());
+        let mut tracker = fx.tracker;
+        drop(ban);
+        assert_eq!(take_ready(&mut tracker), vec!["ban 192.0.2.23"]);
+        assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.23"]);
+        assert!(tracker.timers.is_empty());
+        // The flushed entry itself never comes back.
+        let fx = crash_and_restart(Fixture { tracker, ..fx }, now_ms());
+        assert!(fx.tracker.ready.is_empty());
+        assert_eq!(
+            fx.tracker.show(&Selection::default()).expect("show"),
+            json!({})
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -105,7 +105,8 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         return Ok(Exit::StartFailed);
     }
 
-    let executor = Executor::new(config.concurrency, metrics.clone());
+    let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+    let executor = Executor::new(config.concurrency, metrics.clone(), Some(finished_tx));
     let mut tracker = Tracker::new(TrackerDeps {
         config: config.clone(),
         store,
@@ -124,6 +125,7 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         control: control_rx,
         pending: pending_rx,
         stop: tracker_stop.clone(),
+        finished: finished_rx,
     }));
 
     let shutdown = CancellationToken::new();

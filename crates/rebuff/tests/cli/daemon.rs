@@ -139,7 +139,7 @@ impl Drop for Site {
 }
 
 /// SIGKILLs every process whose command line mentions `path`.
-fn kill_processes_mentioning(path: &Path) {
+pub fn kill_processes_mentioning(path: &Path) {
     let needle = path.display().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
@@ -170,14 +170,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn show(&self, args: &[&str]) -> Value {
+    pub fn show(&self, args: &[&str]) -> Value {
         let mut all = vec!["-f", "json"];
         all.extend_from_slice(args);
         let text = show_command(&self.socket, &all).expect("show answers");
         serde_json::from_str(&text).expect("show prints JSON")
     }
 
-    fn client(&self, command: &str, args: &[&str]) -> std::process::Output {
+    pub fn client(&self, command: &str, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_rebuff"))
             .arg(command)
             .arg("-s")
@@ -219,7 +219,7 @@ impl Daemon {
         self.output()
     }
 
-    fn kill(mut self) {
+    pub fn kill(mut self) {
         self.signal(rustix::process::Signal::KILL);
         self.wait();
     }
@@ -247,7 +247,7 @@ fn show_command(socket: &Path, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn failed_login(ip: &str) -> String {
+pub fn failed_login(ip: &str) -> String {
     format!("Nov 23 10:00:00 host sshd[42]: Failed password for root from {ip} port 22 ssh2")
 }
 
@@ -676,8 +676,16 @@ fn an_action_past_its_timeout_is_killed_and_logged_as_failed() {
     wait_until("the killed action logged", || {
         daemon
             .output()
-            .contains("ERROR ssh.failed.ban: run [\"sleep\" \"30\"]: exit code: 137 (timed out")
+            .contains("ERROR ssh.failed.ban: action failed: exit code: 137 (timed out")
     });
+    // Its `run` line came when it was handed over, and only once.
+    assert_eq!(
+        daemon
+            .output()
+            .matches("INFO ssh.failed.ban: run [\"sleep\" \"30\"]")
+            .count(),
+        1
+    );
     daemon.stop();
 }
 

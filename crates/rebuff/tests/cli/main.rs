@@ -5,6 +5,7 @@ mod config_errors;
 mod daemon;
 mod dashboards;
 mod metrics;
+mod ordering;
 mod replay;
 mod tools;
 mod tsdb;
