@@ -4,6 +4,7 @@
 mod config_errors;
 mod daemon;
 mod dashboards;
+mod exporter_compat;
 mod metrics;
 mod ordering;
 mod replay;

@@ -439,7 +439,7 @@ fn url_encode(text: &str) -> String {
 
 /// One HTTP/1.0 GET: the status code and the body. HTTP/1.0 keeps the
 /// answer unchunked and ends it with the connection.
-fn http_get(addr: &str, target: &str) -> Result<(u16, String), String> {
+pub fn http_get(addr: &str, target: &str) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
