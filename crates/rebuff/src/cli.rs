@@ -97,6 +97,13 @@ pub enum Command {
         #[arg(value_name = "NAME=VALUE", required = true)]
         patterns: Vec<String>,
     },
+    /// Make the daemon re-read its configuration (as SIGHUP does), keeping
+    /// its state; prints what changed, or the errors (exit 1).
+    Reload {
+        /// Control socket of the daemon.
+        #[arg(short, long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Validate a configuration, then print it merged.
     TestConfig {
         /// Configuration file or directory.

@@ -478,6 +478,9 @@ pub struct ActionJob {
     pub values: Values,
     /// Re-run from the store at start rather than caused by a new match.
     pub replayed: bool,
+    /// The counters of the configuration the job was made under (a reload
+    /// replaces them; `action_id` indexes these).
+    pub metrics: Arc<Metrics>,
     /// The trigger this action belongs to, when the tracker waits for it
     /// to finish (jails: the next action of the trigger and the trigger's
     /// retirement from the store wait for this one).
@@ -491,6 +494,8 @@ pub struct TriggerRef {
     pub filter: usize,
     /// The trigger's id, unique for the daemon's lifetime.
     pub trigger: u64,
+    /// The configuration generation `filter` is an index of.
+    pub generation: u64,
 }
 
 /// An action of a tracked trigger has finished: it exited, failed to
@@ -538,7 +543,6 @@ struct Inner {
     limit: Option<usize>,
     tracker: TaskTracker,
     stats: ExecStats,
-    metrics: Arc<Metrics>,
     /// Where [`Finished`] reports go; `None` when nobody waits for them.
     finished: Option<mpsc::UnboundedSender<Finished>>,
 }
@@ -548,11 +552,7 @@ impl Executor {
     /// number of CPUs; `< 0`: unlimited (reaction's `concurrency` key).
     /// Jobs with an [`owner`](ActionJob::owner) are reported to `finished`
     /// when they end.
-    pub fn new(
-        concurrency: i64,
-        metrics: Arc<Metrics>,
-        finished: Option<mpsc::UnboundedSender<Finished>>,
-    ) -> Self {
+    pub fn new(concurrency: i64, finished: Option<mpsc::UnboundedSender<Finished>>) -> Self {
         let limit = match concurrency {
             c if c < 0 => None,
             0 => Some(std::thread::available_parallelism().map_or(1, usize::from)),
@@ -565,7 +565,6 @@ impl Executor {
                 limit,
                 tracker: TaskTracker::new(),
                 stats: ExecStats::default(),
-                metrics,
                 finished,
             }),
         }
@@ -626,7 +625,7 @@ impl Inner {
         // carried by every queued job.
         let started = std::time::Instant::now();
         let outcome = Box::pin(run_child(&job.argv, job.timeout, &job.label())).await;
-        self.metrics.action_done(&ActionDone {
+        job.metrics.action_done(&ActionDone {
             action_id: job.action_id,
             values: &job.values,
             outcome: &outcome,
@@ -685,6 +684,7 @@ mod tests {
             action_id: 0,
             values: Box::new([]),
             replayed: false,
+            metrics: Default::default(),
             owner: None,
         }
     }
@@ -959,12 +959,9 @@ mod tests {
     #[test]
     fn concurrency_zero_means_the_number_of_cpus_and_negative_means_unlimited() {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(
-            Executor::new(0, Default::default(), None).limit(),
-            Some(cpus)
-        );
-        assert_eq!(Executor::new(3, Default::default(), None).limit(), Some(3));
-        assert_eq!(Executor::new(-1, Default::default(), None).limit(), None);
+        assert_eq!(Executor::new(0, None).limit(), Some(cpus));
+        assert_eq!(Executor::new(3, None).limit(), Some(3));
+        assert_eq!(Executor::new(-1, None).limit(), None);
     }
 
     #[tokio::test]
@@ -972,7 +969,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let events = dir.path().join("events");
         let release = dir.path().join("release");
-        let executor = Executor::new(2, Default::default(), None);
+        let executor = Executor::new(2, None);
         // Each job records its start, waits for the release file, records
         // its end. Appends of a few bytes to one file are atomic.
         let script =
@@ -1017,10 +1014,11 @@ mod tests {
         let done = dir.path().join("done");
         let capture = capture::start();
         let (reports, mut finished) = mpsc::unbounded_channel();
-        let executor = Executor::new(-1, Default::default(), Some(reports));
+        let executor = Executor::new(-1, Some(reports));
         let owner = TriggerRef {
             filter: 3,
             trigger: 7,
+            generation: 0,
         };
         let mut slow = job(sh("sleep 0.2; touch \"$1\"", &[path_str(&done)]));
         slow.owner = Some(owner);
@@ -1055,7 +1053,7 @@ mod tests {
     #[tokio::test]
     async fn a_timeout_is_counted_and_logged() {
         let capture = capture::start();
-        let executor = Executor::new(1, Default::default(), None);
+        let executor = Executor::new(1, None);
         let mut slow = job(argv(&["sleep", "30"]));
         slow.timeout = Duration::from_millis(200);
         executor.spawn(slow);

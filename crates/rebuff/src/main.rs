@@ -113,11 +113,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             socket,
         } => {
             let _log = log::init(loglevel);
+            let config_path = std::path::absolute(&config).unwrap_or_else(|_| config.clone());
             let config = load(&config)?;
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
             }
-            match daemon::run(config, daemon::StartOptions { socket })? {
+            let options = daemon::StartOptions {
+                socket,
+                config_path,
+            };
+            match daemon::run(config, options)? {
                 daemon::Exit::Clean => {}
                 daemon::Exit::StartFailed => return Ok(ExitCode::FAILURE),
             }
@@ -145,6 +150,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let tree = client::request(&socket, request)?;
             client::print_tree(&tree, ShowFormat::Yaml, &mut out)?;
+        }
+        Command::Reload { socket } => {
+            let answer = client::request(&socket, Request::Reload)?;
+            if let Some(text) = answer.as_str() {
+                writeln!(out, "{text}")?;
+            }
         }
     }
     out.flush()?;

@@ -19,6 +19,11 @@ pub fn ready() {
     send(&[NotifyState::Ready]);
 }
 
+/// A configuration reload has begun (`RELOADING=1`); [`ready`] ends it.
+pub fn reloading() {
+    send(&[NotifyState::Reloading]);
+}
+
 /// Shutdown has begun (`STOPPING=1`).
 pub fn stopping() {
     send(&[NotifyState::Stopping]);

@@ -7,16 +7,19 @@
 //! of its own: it reads bounded lines, runs the stream's [`StreamMatcher`]
 //! and sends only accepted matches to the tracker, in [`MatchBatch`]es
 //! handed on when the batch is full or when the next read could block.
-//! Every match is logged in reaction's format before it is sent, so its
-//! `match` line always precedes the `run` lines it causes.
+//! The tracker logs each match in reaction's format, in decision order.
+//!
+//! A reload swaps what a running stream matches with (its [`StreamView`])
+//! without touching its child: the stream adopts the new view before its
+//! next line, so no line is lost or matched twice.
 //!
 //! [`StreamMatcher`]: rebuff_engine::StreamMatcher
 
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rebuff_engine::line_text;
@@ -47,11 +50,20 @@ pub struct StreamHandle {
     /// Process group of the child (its pid); 0 before spawn or after exit.
     pgid: Arc<AtomicU32>,
     stopping: Arc<AtomicBool>,
-    /// Index of the stream in the configuration.
-    pub index: usize,
+    view: Arc<ViewSlot>,
 }
 
 impl StreamHandle {
+    /// What the stream matches with now.
+    pub fn view(&self) -> Arc<StreamView> {
+        self.view.load()
+    }
+
+    /// Makes the stream match with `view` from its next line on.
+    pub fn replace_view(&self, view: StreamView) {
+        self.view.replace(view);
+    }
+
     /// Asks the child's process group to stop (SIGTERM), or kills it.
     pub fn signal(&self, kill: bool) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -64,39 +76,78 @@ impl StreamHandle {
     }
 }
 
+/// What a stream matches with: the configuration it is part of, its
+/// index there, and the counters of that configuration.
+#[derive(Debug)]
+pub struct StreamView {
+    pub config: Arc<Config>,
+    /// Index of the stream in `config`.
+    pub index: usize,
+    /// The configuration generation (0 at start, one more per reload).
+    pub generation: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The current view of a stream, and whether a reload replaced it since
+/// the stream last looked.
+#[derive(Debug)]
+struct ViewSlot {
+    current: Mutex<Arc<StreamView>>,
+    replaced: AtomicBool,
+}
+
+impl ViewSlot {
+    fn load(&self) -> Arc<StreamView> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, view: StreamView) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        self.replaced.store(true, Ordering::Release);
+    }
+}
+
 /// What a stream task is given.
 #[derive(Debug)]
 pub struct StreamDeps {
-    pub config: Arc<Config>,
-    /// Index of the stream in the configuration.
-    pub index: usize,
+    pub view: StreamView,
     pub matches: mpsc::Sender<MatchBatch>,
-    pub metrics: Arc<Metrics>,
 }
 
 /// Starts the stream on a blocking thread; the returned future ends when
 /// the stream's output ended and its child was reaped.
 pub fn spawn(deps: StreamDeps) -> (StreamHandle, tokio::task::JoinHandle<()>) {
-    let name: Arc<str> = deps.config.streams[deps.index].name.as_str().into();
+    let name: Arc<str> = deps.view.config.streams[deps.view.index]
+        .name
+        .as_str()
+        .into();
     let handle = StreamHandle {
         name,
         pgid: Arc::new(AtomicU32::new(0)),
         stopping: Arc::new(AtomicBool::new(false)),
-        index: deps.index,
+        view: Arc::new(ViewSlot {
+            current: Mutex::new(Arc::new(deps.view)),
+            replaced: AtomicBool::new(false),
+        }),
     };
     let task_handle = handle.clone();
-    let task = tokio::task::spawn_blocking(move || run(deps, &task_handle));
+    let matches = deps.matches;
+    let task = tokio::task::spawn_blocking(move || run(&matches, &task_handle));
     (handle, task)
 }
 
 /// The stream task: spawn, read and match until the output ends, reap.
-fn run(deps: StreamDeps, handle: &StreamHandle) {
-    let stream = &deps.config.streams[deps.index];
+fn run(matches: &mpsc::Sender<MatchBatch>, handle: &StreamHandle) {
+    let view = handle.view();
+    let stream = &view.config.streams[view.index];
     let (mut child, output) = match spawn_child(&stream.cmd) {
         Ok(spawned) => spawned,
         Err(e) => {
             log::stream_exec_failed(&stream.name, &stream.cmd, &e);
-            deps.metrics.stream_event(deps.index, StreamEvent::Exec);
+            view.metrics.stream_event(view.index, StreamEvent::Exec);
             return;
         }
     };
@@ -106,21 +157,23 @@ fn run(deps: StreamDeps, handle: &StreamHandle) {
         handle.signal(false);
     }
     log::stream_started(&stream.name, &stream.cmd);
-    deps.metrics.stream_event(deps.index, StreamEvent::Start);
-    if let Err(e) = read_and_match(&deps, output)
+    view.metrics.stream_event(view.index, StreamEvent::Start);
+    if let Err(e) = read_and_match(matches, handle, output)
         && !handle.stopping.load(Ordering::SeqCst)
     {
         log::stream_read_failed(&stream.name, &e);
-        deps.metrics.stream_event(deps.index, StreamEvent::Read);
+        let view = handle.view();
+        view.metrics.stream_event(view.index, StreamEvent::Read);
     }
     let status = child.wait();
     handle.pgid.store(0, Ordering::SeqCst);
+    let view = handle.view();
     if handle.stopping.load(Ordering::SeqCst) {
         tracing::debug!(stream = %stream.name, "stream stopped");
-        deps.metrics.stream_stopped(deps.index);
+        view.metrics.stream_stopped(view.index);
         return;
     }
-    deps.metrics.stream_event(deps.index, StreamEvent::Exit);
+    view.metrics.stream_event(view.index, StreamEvent::Exit);
     match status {
         Ok(status) => log::stream_exited(&stream.name, &describe_exit(status)),
         Err(e) => log::stream_exited(
@@ -159,17 +212,39 @@ fn is_worth_a_line(count: u64) -> bool {
     count <= 10 || count.is_multiple_of(10_000)
 }
 
-fn read_and_match(deps: &StreamDeps, output: impl io::Read) -> io::Result<()> {
-    let stream = &deps.config.streams[deps.index];
-    let metrics = &deps.metrics;
-    let stats = metrics.stream(deps.index);
+fn read_and_match(
+    matches: &mpsc::Sender<MatchBatch>,
+    handle: &StreamHandle,
+    output: impl io::Read,
+) -> io::Result<()> {
+    let mut view = handle.view();
     let mut reader = LineReader::new(output, MAX_LINE);
-    let mut scratch = stream.matcher.scratch();
+    let mut scratch = view.config.streams[view.index].matcher.scratch();
     let mut found = Vec::new();
     let mut lossy = String::new();
     let mut batch = Vec::new();
     let mut lines = 0u64;
     while let Some(line) = reader.next_line()? {
+        if handle.view.replaced.swap(false, Ordering::Acquire) {
+            // What was matched with the old view goes out under it.
+            if !batch.is_empty() {
+                let full = std::mem::take(&mut batch);
+                view.metrics.matches(view.index, &full);
+                let sent = matches.blocking_send(MatchBatch {
+                    generation: view.generation,
+                    stream: view.index,
+                    matches: full,
+                });
+                if sent.is_err() {
+                    break;
+                }
+            }
+            view = handle.view();
+            scratch = view.config.streams[view.index].matcher.scratch();
+        }
+        let stream = &view.config.streams[view.index];
+        let metrics = &view.metrics;
+        let stats = metrics.stream(view.index);
         lines += 1;
         if line.truncated {
             let count = stats.too_long.fetch_add(1, Ordering::Relaxed) + 1;
@@ -208,7 +283,7 @@ fn read_and_match(deps: &StreamDeps, output: impl io::Read) -> io::Result<()> {
                     }
                     Err(ignored) => {
                         metrics.ignored(
-                            metrics.filter_id(deps.index, m.filter),
+                            metrics.filter_id(view.index, m.filter),
                             Ignored::Pattern(ignored.reason),
                         );
                         tracing::trace!(
@@ -230,9 +305,10 @@ fn read_and_match(deps: &StreamDeps, output: impl io::Read) -> io::Result<()> {
         }
         if !batch.is_empty() && (batch.len() >= MAX_BATCH || idle) {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(16));
-            metrics.matches(deps.index, &full);
-            let sent = deps.matches.blocking_send(MatchBatch {
-                stream: deps.index,
+            metrics.matches(view.index, &full);
+            let sent = matches.blocking_send(MatchBatch {
+                generation: view.generation,
+                stream: view.index,
                 matches: full,
             });
             if sent.is_err() {
@@ -241,11 +317,15 @@ fn read_and_match(deps: &StreamDeps, output: impl io::Read) -> io::Result<()> {
             }
         }
     }
-    stats.lines.store(lines, Ordering::Relaxed);
+    view.metrics
+        .stream(view.index)
+        .lines
+        .store(lines, Ordering::Relaxed);
     if !batch.is_empty() {
-        metrics.matches(deps.index, &batch);
-        let _ = deps.matches.blocking_send(MatchBatch {
-            stream: deps.index,
+        view.metrics.matches(view.index, &batch);
+        let _ = matches.blocking_send(MatchBatch {
+            generation: view.generation,
+            stream: view.index,
             matches: batch,
         });
     }

@@ -37,7 +37,7 @@ use foldhash::fast::RandomState;
 use rebuff_engine::{Decision, FilterDecider, FilterPlan, Time, Trigger, TriggerKind, Values};
 use regex::Regex;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,9 @@ pub struct Match {
 /// Matches of one stream, in line order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchBatch {
-    /// Index of the stream in the configuration.
+    /// The configuration generation the stream matched with.
+    pub generation: u64,
+    /// Index of the stream in that configuration.
     pub stream: usize,
     pub matches: Vec<Match>,
 }
@@ -151,6 +153,8 @@ struct FilterState {
     persist_matches: bool,
     /// Triggers are persisted only for jails (filters with delayed actions).
     persist_triggers: bool,
+    /// The counters of the configuration this state belongs to.
+    metrics: Arc<Metrics>,
     /// Global index of the filter and of its first action, for metrics.
     id: usize,
     first_action: usize,
@@ -160,6 +164,128 @@ impl FilterState {
     fn is_delayed(&self, action: usize) -> bool {
         self.decider.plan().actions[action].after.is_some()
     }
+}
+
+/// How many earlier configuration generations still translate; a stream
+/// adopts a new configuration at its next line, so one is nearly always
+/// enough.
+const KEPT_GENERATIONS: usize = 16;
+
+/// An earlier configuration generation's filter ids.
+#[derive(Debug)]
+struct Generation {
+    id: u64,
+    /// Global index of each stream's first filter, in that generation.
+    stream_offsets: Vec<usize>,
+    /// That generation's filter id -> the current one (`None`: removed).
+    to_current: Vec<Option<usize>>,
+}
+
+/// What a reload changed, for its log line and the client.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Kept filters whose settings changed (state kept).
+    pub changed: Vec<String>,
+    /// Filters whose patterns changed: their state starts empty.
+    pub reset: Vec<String>,
+    /// Pending actions dropped with their filter or action.
+    pub dropped_actions: u64,
+    /// `onexit` actions of removed filters, run now.
+    pub onexit_actions: u64,
+}
+
+/// The filter states of `config`, empty, in configuration order, and the
+/// global index of each stream's first filter.
+fn build_filters(config: &Config, metrics: &Arc<Metrics>) -> (Vec<FilterState>, Vec<usize>) {
+    let mut filters = Vec::new();
+    let mut stream_offsets = Vec::new();
+    for stream in &config.streams {
+        stream_offsets.push(filters.len());
+        let stream_name: Arc<str> = stream.name.as_str().into();
+        for filter in &stream.filters {
+            let plan = filter.plan.clone();
+            filters.push(FilterState {
+                stream: stream_name.clone(),
+                name: filter.name.as_str().into(),
+                pattern_names: filter.pattern_names.clone(),
+                actions: filter.actions.clone(),
+                action_names: filter
+                    .actions
+                    .iter()
+                    .map(|a| a.name.as_str().into())
+                    .collect(),
+                persist_matches: plan.retry > 1,
+                persist_triggers: plan.longest_delay().is_some(),
+                decider: FilterDecider::new(plan),
+                jail: HashMap::default(),
+                retiring: HashMap::default(),
+                id: filters.len(),
+                first_action: metrics.action_id(filters.len(), 0),
+                metrics: metrics.clone(),
+            });
+        }
+    }
+    (filters, stream_offsets)
+}
+
+/// Moves the state of a kept filter into its new form: the retry window
+/// (under the new `retryperiod`), the triggers with their actions matched
+/// by name, and the duplicate jail. Returns the pending actions dropped
+/// because their action is gone.
+fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
+    let period = new.decider.plan().retry_period;
+    if new.persist_matches || new.decider.plan().retry > 1 {
+        for (values, times) in old.decider.window().iter() {
+            for &time in times {
+                if now.saturating_sub(time) < period {
+                    new.decider.restore_match(values.clone(), time);
+                }
+            }
+        }
+    }
+    let renumber: Vec<Option<usize>> = old
+        .action_names
+        .iter()
+        .map(|name| new.action_names.iter().position(|n| n == name))
+        .collect();
+    let mut dropped = 0;
+    let mut remap = |list: &mut Vec<usize>, count: bool| {
+        let before = list.len();
+        list.retain_mut(|a| match renumber.get(*a).copied().flatten() {
+            Some(to) => {
+                *a = to;
+                true
+            }
+            None => false,
+        });
+        if count {
+            dropped += (before - list.len()) as u64;
+        }
+    };
+    for (map, new_map, jailed) in [
+        (old.jail, &mut new.jail, true),
+        (old.retiring, &mut new.retiring, false),
+    ] {
+        for (values, mut triggers) in map {
+            for trigger in &mut triggers {
+                remap(&mut trigger.pending, true);
+                remap(&mut trigger.held, false);
+                // An action that is no longer delayed is due now.
+                for action in trigger.pending.clone() {
+                    if new.decider.plan().actions[action].after.is_none() {
+                        hold(new.decider.plan(), trigger, action);
+                    }
+                }
+                if jailed {
+                    new.decider.restore_trigger(values.clone(), trigger.time);
+                }
+            }
+            new_map.insert(values, triggers);
+        }
+    }
+    dropped
 }
 
 /// When `action` of `trigger` is due.
@@ -212,6 +338,9 @@ pub struct TrackerDeps {
     /// Per-action timeout.
     pub action_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Where `reload` requests from the control socket go (the daemon
+    /// re-reads the configuration and restarts streams); `None`: refused.
+    pub reload_requests: Option<mpsc::Sender<oneshot::Sender<Response>>>,
 }
 
 /// The channels the tracker serves.
@@ -227,6 +356,17 @@ pub struct TrackerInputs {
     pub stop: CancellationToken,
     /// The executor's reports of finished actions of tracked triggers.
     pub finished: mpsc::UnboundedReceiver<Finished>,
+    /// New configurations to apply.
+    pub reload: mpsc::Receiver<ReloadCmd>,
+}
+
+/// A validated configuration to switch to, with its counters.
+#[derive(Debug)]
+pub struct ReloadCmd {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub generation: u64,
+    pub respond: oneshot::Sender<ReloadSummary>,
 }
 
 #[derive(Debug)]
@@ -238,6 +378,11 @@ pub struct Tracker {
     filters: Vec<FilterState>,
     /// Global index of each stream's first filter.
     stream_offsets: Vec<usize>,
+    /// The configuration generation (0 at start, one more per reload).
+    generation: u64,
+    /// Filter ids of earlier generations, for match batches and finished
+    /// reports sent before a reload reached their sender.
+    older: Vec<Generation>,
     timers: BinaryHeap<Reverse<Timer>>,
     next_seq: u64,
     next_trigger_id: u64,
@@ -247,38 +392,13 @@ pub struct Tracker {
     durable_needed: bool,
     report: TrackerReport,
     metrics: Arc<Metrics>,
+    reload_requests: Option<mpsc::Sender<oneshot::Sender<Response>>>,
 }
 
 impl Tracker {
     pub fn new(deps: TrackerDeps) -> Self {
         let config = deps.config;
-        let mut filters = Vec::new();
-        let mut stream_offsets = Vec::new();
-        for stream in &config.streams {
-            stream_offsets.push(filters.len());
-            let stream_name: Arc<str> = stream.name.as_str().into();
-            for filter in &stream.filters {
-                let plan = filter.plan.clone();
-                filters.push(FilterState {
-                    stream: stream_name.clone(),
-                    name: filter.name.as_str().into(),
-                    pattern_names: filter.pattern_names.clone(),
-                    actions: filter.actions.clone(),
-                    action_names: filter
-                        .actions
-                        .iter()
-                        .map(|a| a.name.as_str().into())
-                        .collect(),
-                    persist_matches: plan.retry > 1,
-                    persist_triggers: plan.longest_delay().is_some(),
-                    decider: FilterDecider::new(plan),
-                    jail: HashMap::default(),
-                    retiring: HashMap::default(),
-                    id: filters.len(),
-                    first_action: deps.metrics.action_id(filters.len(), 0),
-                });
-            }
-        }
+        let (filters, stream_offsets) = build_filters(&config, &deps.metrics);
         Tracker {
             config,
             store: deps.store,
@@ -286,6 +406,8 @@ impl Tracker {
             action_timeout: deps.action_timeout,
             filters,
             stream_offsets,
+            generation: 0,
+            older: Vec::new(),
             timers: BinaryHeap::new(),
             next_seq: 0,
             next_trigger_id: 0,
@@ -293,6 +415,7 @@ impl Tracker {
             durable_needed: false,
             report: TrackerReport::default(),
             metrics: deps.metrics,
+            reload_requests: deps.reload_requests,
         }
     }
 
@@ -409,6 +532,7 @@ impl Tracker {
         let owner = TriggerRef {
             filter: fid,
             trigger: trigger.id,
+            generation: self.generation,
         };
         for action in rerun {
             trigger.in_flight += 1;
@@ -473,7 +597,7 @@ impl Tracker {
     /// is left to hand over, and retires it (a `Done` record) once
     /// everything has finished.
     fn settle(&mut self, fid: usize, values: &Values, id: u64) {
-        let timeout = self.action_timeout;
+        let (timeout, generation) = (self.action_timeout, self.generation);
         let fs = &mut self.filters[fid];
         let in_jail = fs
             .jail
@@ -523,6 +647,7 @@ impl Tracker {
             let owner = TriggerRef {
                 filter: fid,
                 trigger: id,
+                generation,
             };
             let job = job(fs, action, values, timeout, replayed, Some(owner));
             schedule(&mut self.ready, job);
@@ -532,7 +657,10 @@ impl Tracker {
     /// An action of a tracked trigger has finished.
     fn on_finished(&mut self, finished: Finished) {
         let Finished { owner, values } = finished;
-        let Some(fs) = self.filters.get_mut(owner.filter) else {
+        let Some(fid) = self.current_filter(owner.generation, owner.filter) else {
+            return;
+        };
+        let Some(fs) = self.filters.get_mut(fid) else {
             return;
         };
         let trigger = [&mut fs.jail, &mut fs.retiring]
@@ -545,7 +673,7 @@ impl Tracker {
             return;
         };
         trigger.in_flight = trigger.in_flight.saturating_sub(1);
-        self.settle(owner.filter, &values, owner.trigger);
+        self.settle(fid, &values, owner.trigger);
     }
 
     /// Serves until every stream has ended (the match channel closed), then
@@ -583,6 +711,10 @@ impl Tracker {
                             Err(_) => break,
                         }
                     }
+                }
+                Some(cmd) = inputs.reload.recv() => {
+                    let summary = self.reload(cmd.config, cmd.metrics, cmd.generation, now_ms());
+                    let _ = cmd.respond.send(summary);
                 }
                 Some(cmd) = inputs.pending.recv() => {
                     let _ = cmd.respond.send(self.pending_snapshot(cmd.keys));
@@ -641,11 +773,170 @@ impl Tracker {
     }
 
     fn on_batch(&mut self, batch: MatchBatch) {
-        let Some(&offset) = self.stream_offsets.get(batch.stream) else {
+        if batch.generation == self.generation {
+            let Some(&offset) = self.stream_offsets.get(batch.stream) else {
+                return;
+            };
+            for m in batch.matches {
+                self.on_match(offset + m.filter, m.values, m.time);
+            }
+            return;
+        }
+        // Matched just before a reload reached the stream.
+        let Some(older) = self.older.iter().find(|g| g.id == batch.generation) else {
+            tracing::warn!(
+                matches = batch.matches.len(),
+                "dropped matches of a configuration reloaded too many times since"
+            );
             return;
         };
-        for m in batch.matches {
-            self.on_match(offset + m.filter, m.values, m.time);
+        let Some(&offset) = older.stream_offsets.get(batch.stream) else {
+            return;
+        };
+        let fids: Vec<Option<usize>> = batch
+            .matches
+            .iter()
+            .map(|m| older.to_current.get(offset + m.filter).copied().flatten())
+            .collect();
+        for (m, fid) in batch.matches.into_iter().zip(fids) {
+            if let Some(fid) = fid {
+                self.on_match(fid, m.values, m.time);
+            }
+        }
+    }
+
+    /// The current id of filter `fid` of configuration `generation`.
+    fn current_filter(&self, generation: u64, fid: usize) -> Option<usize> {
+        if generation == self.generation {
+            return Some(fid);
+        }
+        let older = self.older.iter().find(|g| g.id == generation)?;
+        older.to_current.get(fid).copied().flatten()
+    }
+
+    /// Applies a new configuration without losing state: filters that
+    /// still exist with the same patterns keep their retry windows and
+    /// triggers (pending actions keep their trigger time, and are matched
+    /// to the new actions by name), new filters start empty, and removed
+    /// ones (or ones whose patterns changed) are forgotten as across a
+    /// restart: their pending `onexit` actions run now, the others are
+    /// dropped. `start`/`stop` commands are not run.
+    pub fn reload(
+        &mut self,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        generation: u64,
+        now: Time,
+    ) -> ReloadSummary {
+        let (mut filters, stream_offsets) = build_filters(&config, &metrics);
+        let mut summary = ReloadSummary::default();
+        let mut to_current = vec![None; self.filters.len()];
+        let old_filters = std::mem::take(&mut self.filters);
+        let mut old_by_name: HashMap<(Arc<str>, Arc<str>), (usize, FilterState)> = old_filters
+            .into_iter()
+            .enumerate()
+            .map(|(fid, fs)| ((fs.stream.clone(), fs.name.clone()), (fid, fs)))
+            .collect();
+        for (fid, new) in filters.iter_mut().enumerate() {
+            let name = format!("{}.{}", new.stream, new.name);
+            let Some((old_fid, old)) = old_by_name.remove(&(new.stream.clone(), new.name.clone()))
+            else {
+                summary.added.push(name);
+                continue;
+            };
+            if old.pattern_names != new.pattern_names {
+                summary.reset.push(name);
+                self.retire_filter(old, &mut summary);
+                continue;
+            }
+            if old.decider.plan() != new.decider.plan() || old.actions != new.actions {
+                summary.changed.push(name);
+            }
+            to_current[old_fid] = Some(fid);
+            summary.dropped_actions += migrate(old, new, now);
+        }
+        let mut removed: Vec<_> = old_by_name.into_values().collect();
+        removed.sort_by_key(|(fid, _)| *fid);
+        for (_, old) in removed {
+            summary.removed.push(format!("{}.{}", old.stream, old.name));
+            self.retire_filter(old, &mut summary);
+        }
+        self.filters = filters;
+        // Earlier generations now translate to this one.
+        for older in &mut self.older {
+            for slot in &mut older.to_current {
+                *slot = slot.and_then(|fid| to_current.get(fid).copied().flatten());
+            }
+        }
+        self.older.push(Generation {
+            id: self.generation,
+            stream_offsets: std::mem::replace(&mut self.stream_offsets, stream_offsets),
+            to_current,
+        });
+        if self.older.len() > KEPT_GENERATIONS {
+            self.older.remove(0);
+        }
+        self.generation = generation;
+        self.config = config;
+        self.metrics = metrics;
+        self.rearm_timers();
+        // Removed filters' entries are forgotten before anything runs.
+        self.durable_needed = true;
+        summary
+    }
+
+    /// A filter leaves the configuration: its pending `onexit` actions run
+    /// now, the rest is dropped, and its entries are forgotten in the
+    /// store. Actions still running finish on their own.
+    fn retire_filter(&mut self, fs: FilterState, summary: &mut ReloadSummary) {
+        let mut keys: Vec<&Values> = fs.jail.keys().chain(fs.retiring.keys()).collect();
+        keys.extend(fs.decider.window().iter().map(|(values, _)| values));
+        keys.sort();
+        keys.dedup();
+        for values in keys {
+            self.store.append(&Record::Forget {
+                stream: &fs.stream,
+                filter: &fs.name,
+                values,
+            });
+        }
+        for (values, triggers) in &fs.jail {
+            for trigger in triggers {
+                for &action in &trigger.pending {
+                    if fs.decider.plan().actions[action].onexit {
+                        summary.onexit_actions += 1;
+                        let job = job(&fs, action, values, self.action_timeout, false, None);
+                        schedule(&mut self.ready, job);
+                    } else {
+                        summary.dropped_actions += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the timer heap from the jailed triggers (after a reload,
+    /// filter and action indices have moved).
+    fn rearm_timers(&mut self) {
+        self.timers.clear();
+        let mut arms = Vec::new();
+        for (fid, fs) in self.filters.iter_mut().enumerate() {
+            for (values, triggers) in &mut fs.jail {
+                for trigger in triggers {
+                    trigger.armed = trigger
+                        .pending
+                        .iter()
+                        .copied()
+                        .filter(|a| !trigger.held.contains(a))
+                        .collect();
+                    for &action in &trigger.armed {
+                        arms.push((fid, values.clone(), trigger.id, trigger.time, action));
+                    }
+                }
+            }
+        }
+        for (fid, values, id, time, action) in arms {
+            self.arm(fid, &values, id, time, action);
         }
     }
 
@@ -749,11 +1040,12 @@ impl Tracker {
         if actions.is_empty() {
             return;
         }
-        let fs = &mut self.filters[fid];
         let owner = TriggerRef {
             filter: fid,
             trigger: id,
+            generation: self.generation,
         };
+        let fs = &mut self.filters[fid];
         for &action in actions {
             let job = job(fs, action, values, self.action_timeout, false, Some(owner));
             schedule(&mut self.ready, job);
@@ -942,6 +1234,7 @@ impl Tracker {
             ],
             jailed: vec![0; self.filters.len()],
             keys: Vec::new(),
+            metrics: Some(self.metrics.clone()),
         };
         for fs in &self.filters {
             for (values, triggers) in &fs.jail {
@@ -970,6 +1263,10 @@ impl Tracker {
 
     fn on_control(&mut self, cmd: ControlCmd) {
         let response = match cmd.request {
+            Request::Reload => {
+                self.forward_reload(cmd.respond);
+                return;
+            }
             Request::Show(selection) => self.show(&selection),
             Request::Flush(selection) => self.flush(&selection),
             Request::Trigger {
@@ -987,6 +1284,22 @@ impl Tracker {
         self.commit_or_log();
         self.dispatch_ready();
         let _ = cmd.respond.send(response);
+    }
+
+    /// The daemon reloads (it owns the streams) and answers the client.
+    fn forward_reload(&self, respond: oneshot::Sender<Response>) {
+        let refused = match &self.reload_requests {
+            Some(requests) => requests.try_send(respond).err().map(|e| match e {
+                mpsc::error::TrySendError::Full(respond)
+                | mpsc::error::TrySendError::Closed(respond) => respond,
+            }),
+            None => Some(respond),
+        };
+        if let Some(respond) = refused {
+            let _ = respond.send(Response::Error(
+                "a reload is already under way, or the daemon is stopping".into(),
+            ));
+        }
     }
 
     /// Filters selected by `selection`, with the value slot of each pattern
@@ -1255,6 +1568,7 @@ fn job(
     owner: Option<TriggerRef>,
 ) -> ActionJob {
     ActionJob {
+        metrics: fs.metrics.clone(),
         owner,
         action_id: fs.first_action + action,
         values: values.into(),
@@ -1333,9 +1647,10 @@ streams:
         let mut tracker = Tracker::new(TrackerDeps {
             config: Arc::new(config),
             store,
-            executor: Executor::new(1, metrics.clone(), None),
+            executor: Executor::new(1, None),
             action_timeout: Duration::from_secs(1),
             metrics,
+            reload_requests: None,
         });
         tracker.restore(restored, now).expect("restore");
         Fixture { dir, tracker }

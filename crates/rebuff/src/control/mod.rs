@@ -1,5 +1,5 @@
-//! The control socket: `show`, `flush` and `trigger` between the CLI and the
-//! daemon.
+//! The control socket: `show`, `flush`, `trigger` and `reload` between the
+//! CLI and the daemon.
 //!
 //! The wire format is one JSON [`Request`] line from the client, then one
 //! JSON [`Response`] document from the daemon, then the daemon closes the
@@ -43,6 +43,8 @@ pub enum Request {
         /// `(pattern name, value)` pairs, one per pattern of the filter.
         patterns: Vec<(String, String)>,
     },
+    /// Re-read the configuration the daemon was started with.
+    Reload,
 }
 
 /// A request with its protocol version, as sent on the wire.

@@ -14,8 +14,8 @@
 //! `stop` commands run and the control socket is removed.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,8 +33,8 @@ use crate::metrics::webconfig::WebConfig;
 use crate::metrics::{Metrics, PendingCmd, PendingSnapshot, StreamEvent};
 use crate::notify;
 use crate::store::Store;
-use crate::stream::{self, StreamDeps, StreamHandle};
-use crate::tracker::{Tracker, TrackerDeps, TrackerInputs, now_ms};
+use crate::stream::{self, StreamDeps, StreamHandle, StreamView};
+use crate::tracker::{MatchBatch, ReloadCmd, Tracker, TrackerDeps, TrackerInputs, now_ms};
 
 /// Batches of matches in flight between the streams and the tracker; when
 /// full, streams wait (backpressure) rather than buffer without bound.
@@ -50,6 +50,8 @@ const SCRAPE_TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct StartOptions {
     pub socket: PathBuf,
+    /// The configuration path, re-read on reload.
+    pub config_path: PathBuf,
 }
 
 /// How the daemon ended.
@@ -106,13 +108,16 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
     }
 
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
-    let executor = Executor::new(config.concurrency, metrics.clone(), Some(finished_tx));
+    let executor = Executor::new(config.concurrency, Some(finished_tx));
+    let (reload_request_tx, mut reload_request_rx) = mpsc::channel(1);
+    let (tracker_reload_tx, tracker_reload_rx) = mpsc::channel(1);
     let mut tracker = Tracker::new(TrackerDeps {
         config: config.clone(),
         store,
         executor: executor.clone(),
         action_timeout: exec::DEFAULT_TIMEOUT,
         metrics: metrics.clone(),
+        reload_requests: Some(reload_request_tx),
     });
     tracker.restore(restored, now_ms())?;
 
@@ -126,6 +131,7 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         pending: pending_rx,
         stop: tracker_stop.clone(),
         finished: finished_rx,
+        reload: tracker_reload_rx,
     }));
 
     let shutdown = CancellationToken::new();
@@ -136,18 +142,27 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         shutdown.clone(),
     ));
 
-    let mut handles = Vec::new();
-    let mut tasks = Vec::new();
+    let mut streams = Vec::new();
     for index in 0..config.streams.len() {
-        let (handle, task) = stream::spawn(StreamDeps {
-            config: config.clone(),
-            index,
+        streams.push(stream::spawn(StreamDeps {
+            view: StreamView {
+                config: config.clone(),
+                index,
+                generation: 0,
+                metrics: metrics.clone(),
+            },
             matches: match_tx.clone(),
-            metrics: metrics.clone(),
-        });
-        handles.push(handle);
-        tasks.push(task);
+        }));
     }
+    let current_metrics = Arc::new(Mutex::new(metrics.clone()));
+    let mut reloader = Reloader {
+        path: options.config_path.clone(),
+        config: config.clone(),
+        generation: 0,
+        tracker: tracker_reload_tx,
+        matches: match_tx.downgrade(),
+        metrics: current_metrics.clone(),
+    };
     // Only the streams hold senders now: the tracker sees the channel close
     // when the last stream ends.
     drop(match_tx);
@@ -157,7 +172,11 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         tokio::spawn(http::run(
             listener,
             http::Endpoint {
-                render: render_fn(metrics.clone(), executor.clone(), pending_tx.clone()),
+                render: render_fn(
+                    current_metrics.clone(),
+                    executor.clone(),
+                    pending_tx.clone(),
+                ),
                 ready: ready.clone(),
                 web,
             },
@@ -170,17 +189,33 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
 
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let ended = tokio::select! {
-        _ = sigterm.recv() => {
-            log::signal_received("SIGTERM");
-            None
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let ended = loop {
+        tokio::select! {
+            _ = sigterm.recv() => {
+                log::signal_received("SIGTERM");
+                break None;
+            }
+            _ = sigint.recv() => {
+                log::signal_received("SIGINT");
+                break None;
+            }
+            _ = sighup.recv() => {
+                tracing::info!("received SIGHUP, reloading the configuration");
+                let _ = reloader.reload(&mut streams).await;
+            }
+            Some(respond) = reload_request_rx.recv() => {
+                let response = match reloader.reload(&mut streams).await {
+                    Ok(summary) => control::Response::Ok(serde_json::Value::String(summary)),
+                    Err(errors) => control::Response::Error(errors),
+                };
+                let _ = respond.send(response);
+            }
+            result = &mut tracker_task => break Some(result),
         }
-        _ = sigint.recv() => {
-            log::signal_received("SIGINT");
-            None
-        }
-        result = &mut tracker_task => Some(result),
     };
+    drop(reloader);
+    let (handles, tasks): (Vec<StreamHandle>, Vec<_>) = streams.into_iter().unzip();
     notify::stopping();
     if ended.is_none() {
         tracing::info!(streams = handles.len(), "stopping streams");
@@ -193,7 +228,7 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         );
     }
     ready.store(false, Ordering::Relaxed);
-    stop_streams(&handles, tasks, &metrics).await;
+    stop_streams(&handles, tasks).await;
     tracker_stop.cancel();
     let result = match ended {
         Some(result) => result,
@@ -228,11 +263,7 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
 
 /// SIGTERM to every stream's process group, SIGKILL to those still alive
 /// after [`stream::STOP_GRACE`], and a bounded wait for their threads.
-async fn stop_streams(
-    handles: &[StreamHandle],
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    metrics: &Metrics,
-) {
+async fn stop_streams(handles: &[StreamHandle], tasks: Vec<tokio::task::JoinHandle<()>>) {
     for handle in handles {
         handle.signal(false);
     }
@@ -247,7 +278,8 @@ async fn stop_streams(
     }
     for (handle, task) in still_running {
         log::stream_did_not_terminate(&handle.name);
-        metrics.stream_event(handle.index, StreamEvent::Timeout);
+        let view = handle.view();
+        view.metrics.stream_event(view.index, StreamEvent::Timeout);
         handle.signal(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
@@ -270,12 +302,15 @@ async fn bind_endpoint(
 /// stopped), then the exposition, written off the async workers because a
 /// large one takes milliseconds.
 fn render_fn(
-    metrics: Arc<Metrics>,
+    current: Arc<Mutex<Arc<Metrics>>>,
     executor: Executor,
     pending: mpsc::Sender<PendingCmd>,
 ) -> Arc<dyn Fn(Format) -> RenderFuture + Send + Sync> {
     Arc::new(move |format| {
-        let metrics = metrics.clone();
+        let metrics = current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let executor = executor.clone();
         let pending = pending.clone();
         Box::pin(async move {
@@ -293,6 +328,9 @@ fn render_fn(
                     .unwrap_or_default(),
                 Err(_) => PendingSnapshot::default(),
             };
+            // The snapshot's indices are those of the tracker's counters,
+            // which a reload may have replaced meanwhile.
+            let metrics = snapshot.metrics.clone().unwrap_or(metrics);
             let body = tokio::task::spawn_blocking(move || {
                 metrics.render(format, &snapshot, executor.stats())
             })
@@ -301,4 +339,178 @@ fn render_fn(
             Ok(body)
         }) as RenderFuture
     })
+}
+
+/// A running stream: its handle and the task that ends with it.
+type RunningStream = (StreamHandle, tokio::task::JoinHandle<()>);
+
+/// What a reload needs: where the configuration comes from, the one in
+/// force, and the parts it swaps.
+struct Reloader {
+    path: PathBuf,
+    config: Arc<Config>,
+    generation: u64,
+    tracker: mpsc::Sender<ReloadCmd>,
+    /// For streams started by a reload; weak, so the tracker still sees the
+    /// channel close when the last stream ends.
+    matches: mpsc::WeakSender<MatchBatch>,
+    /// The counters scrapes render (a reload replaces them).
+    metrics: Arc<Mutex<Arc<Metrics>>>,
+}
+
+impl Reloader {
+    /// Re-reads the configuration and applies it: an invalid one changes
+    /// nothing (its errors are logged and returned); a valid one goes to
+    /// the tracker (state kept), then to the streams: an unchanged stream
+    /// keeps its child and adopts the new filters at its next line, one
+    /// whose `cmd` changed is restarted, removed ones are stopped, new ones
+    /// started. `start`/`stop` commands do not run. Returns the line it
+    /// logs.
+    async fn reload(&mut self, streams: &mut Vec<RunningStream>) -> Result<String, String> {
+        notify::reloading();
+        let result = self.apply(streams).await;
+        notify::ready();
+        result
+    }
+
+    async fn apply(&mut self, streams: &mut Vec<RunningStream>) -> Result<String, String> {
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || crate::config::load(&path))
+            .await
+            .map_err(|e| format!("the configuration loader failed: {e}"))?;
+        let config = match loaded {
+            Ok(config) => Arc::new(config),
+            Err(errors) => {
+                for error in &errors.0 {
+                    tracing::error!("{error}");
+                }
+                let text: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    path = %self.path.display(),
+                    errors = errors.0.len(),
+                    "the new configuration is invalid; the running one stays"
+                );
+                return Err(text.join("\n"));
+            }
+        };
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        self.warn_about_restart_only_settings(&config);
+        let metrics = Arc::new(Metrics::new(&config));
+        let Some(matches) = self.matches.upgrade() else {
+            return Err("the daemon is stopping".into());
+        };
+        self.generation += 1;
+        let (respond, answer) = tokio::sync::oneshot::channel();
+        let sent = self
+            .tracker
+            .send(ReloadCmd {
+                config: config.clone(),
+                metrics: metrics.clone(),
+                generation: self.generation,
+                respond,
+            })
+            .await;
+        let summary = match sent {
+            Ok(()) => answer
+                .await
+                .map_err(|_| "the daemon is stopping".to_owned())?,
+            Err(_) => return Err("the daemon is stopping".into()),
+        };
+
+        let mut old: Vec<Option<RunningStream>> =
+            std::mem::take(streams).into_iter().map(Some).collect();
+        let (mut restarted, mut added, mut stopping) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, stream) in config.streams.iter().enumerate() {
+            let view = StreamView {
+                config: config.clone(),
+                index,
+                generation: self.generation,
+                metrics: metrics.clone(),
+            };
+            let previous = old.iter_mut().find(|slot| {
+                slot.as_ref()
+                    .is_some_and(|(handle, _)| *handle.name == *stream.name)
+            });
+            let previous = previous.and_then(Option::take);
+            match previous {
+                Some((handle, task))
+                    if handle.view().config.streams[handle.view().index].cmd == stream.cmd
+                        && !task.is_finished() =>
+                {
+                    handle.replace_view(view);
+                    streams.push((handle, task));
+                    continue;
+                }
+                Some(running) => {
+                    restarted.push(stream.name.clone());
+                    stopping.push(running);
+                }
+                None => added.push(stream.name.clone()),
+            }
+            streams.push(stream::spawn(StreamDeps {
+                view,
+                matches: matches.clone(),
+            }));
+        }
+        let removed: Vec<String> = old
+            .into_iter()
+            .flatten()
+            .map(|running| {
+                let name = running.0.name.to_string();
+                stopping.push(running);
+                name
+            })
+            .collect();
+        if !stopping.is_empty() {
+            let (handles, tasks): (Vec<StreamHandle>, Vec<_>) = stopping.into_iter().unzip();
+            stop_streams(&handles, tasks).await;
+        }
+        *self.metrics.lock().unwrap_or_else(PoisonError::into_inner) = metrics;
+        self.config = config;
+        let line = format!(
+            "configuration reloaded: filters added {:?}, removed {:?}, changed {:?}, reset {:?}; streams added {:?}, restarted {:?}, removed {:?}; pending actions dropped {}, onexit run {}",
+            summary.added,
+            summary.removed,
+            summary.changed,
+            summary.reset,
+            added,
+            restarted,
+            removed,
+            summary.dropped_actions,
+            summary.onexit_actions,
+        );
+        tracing::info!("{line}");
+        Ok(line)
+    }
+
+    /// Settings read once at start: a reload says it does not apply them.
+    fn warn_about_restart_only_settings(&self, new: &Config) {
+        let old = &self.config;
+        let mut ignored = Vec::new();
+        if old.state_directory != new.state_directory {
+            ignored.push("state_directory");
+        }
+        if old.concurrency != new.concurrency {
+            ignored.push("concurrency");
+        }
+        let endpoint = |c: &Config| {
+            c.metrics
+                .as_ref()
+                .map(|m| (m.listen.to_string(), m.web_config.clone()))
+        };
+        if endpoint(old) != endpoint(new) {
+            ignored.push("metrics.listen/metrics.web_config");
+        }
+        if old.start != new.start || old.stop != new.stop {
+            ignored.push("start/stop (not run again)");
+        }
+        if !ignored.is_empty() {
+            tracing::warn!(
+                settings = %ignored.join(", "),
+                "these settings changed and take effect at the next restart"
+            );
+        }
+    }
 }

@@ -271,6 +271,8 @@ pub struct PendingSnapshot {
     /// Every jailed key with its pending action indexes (within its
     /// filter), when the exporter's pending family has pattern labels.
     pub keys: Vec<PendingKey>,
+    /// The counters these indices refer to (a reload replaces them).
+    pub metrics: Option<std::sync::Arc<Metrics>>,
 }
 
 #[derive(Debug)]
@@ -1281,6 +1283,7 @@ streams:
                 values: vec!["203.0.113.7".to_owned(), "root".to_owned()].into_boxed_slice(),
                 actions: vec![1],
             }],
+            metrics: None,
         };
         let body = m.render(Format::Prometheus, &pending, &ExecStats::default());
         let text = String::from_utf8(body).expect("utf-8");

@@ -191,6 +191,10 @@ impl Daemon {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
 
+    pub fn signal_hup(&self) {
+        self.signal(rustix::process::Signal::HUP);
+    }
+
     fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
         rustix::process::kill_process(pid, signal).expect("signal the daemon");

@@ -7,6 +7,7 @@ mod dashboards;
 mod exporter_compat;
 mod metrics;
 mod ordering;
+mod reload;
 mod replay;
 mod tools;
 mod tsdb;
