@@ -28,22 +28,8 @@ pub enum DocFormat {
     Json,
 }
 
-/// Output format of `show` and `flush`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ShowFormat {
-    Yaml,
-    Json,
-}
-
-/// Minimum level of the daemon's log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-#[value(rename_all = "UPPER")]
-pub enum LogLevel {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
+pub use crate::control::client::ShowFormat;
+pub use crate::log::LogLevel;
 
 /// Where the daemon listens and clients connect, as reaction's users expect
 /// (`/run/reaction/reaction.sock` is upstream's default; rebuff has its own).

@@ -23,9 +23,9 @@
 use std::fmt;
 use std::io;
 use std::pin::pin;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process_group};
@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use rebuff_engine::Values;
 
+use crate::events::{CommandKind, ExecStats, ExitOutcome, Finished, TriggerRef};
 use crate::log;
 use crate::metrics::{ActionDone, Metrics};
 
@@ -56,97 +57,17 @@ const MAX_OUTPUT_LINES: u32 = 100;
 /// it left behind (a background grandchild) still holds its pipes open.
 const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
-/// The code of a child that could not be started, as shells report a
-/// command that was not found.
-const SPAWN_FAILED: i32 = 127;
-
 /// Variables for us only: a child must not talk to systemd in our name.
 const PRIVATE_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
-/// How a child ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitOutcome {
-    /// The exit code, always `>= 0` because the exporter needs digits:
-    /// 127 when the child could not be spawned, `128 + signal` when a
-    /// signal killed it (137 after a timeout).
-    pub code: i32,
-    /// The signal that killed the child, if one did.
-    pub signal: Option<i32>,
-    /// What went wrong beyond the code: a spawn error, a signal, a timeout.
-    pub detail: Option<String>,
-    /// The child ran out of time and its process group was killed.
-    pub timed_out: bool,
-}
-
-impl ExitOutcome {
-    /// Exit code 0, in time.
-    pub fn success(&self) -> bool {
-        self.code == 0 && !self.timed_out
-    }
-
-    /// The outcome of a child that ended by itself.
-    pub fn from_status(status: ExitStatus) -> Self {
-        use std::os::unix::process::ExitStatusExt as _;
-        match (status.code(), status.signal()) {
-            (Some(code), _) => Self {
-                code: code.max(0),
-                signal: None,
-                detail: None,
-                timed_out: false,
-            },
-            (None, Some(signal)) => Self {
-                code: 128 + signal,
-                signal: Some(signal),
-                detail: Some(format!("killed by signal {signal}")),
-                timed_out: false,
-            },
-            // Neither exited nor signalled: a stopped child, which `wait`
-            // does not report. Keep the code non-negative all the same.
-            (None, None) => Self {
-                code: 1,
-                signal: None,
-                detail: Some(format!("ended with status {status}")),
-                timed_out: false,
-            },
-        }
-    }
-
-    /// The outcome of a child that could not be spawned: 127, with the
-    /// error as detail (without std's ` (os error N)` suffix, which would
-    /// nest parentheses in the log line).
-    pub fn spawn_failed(error: &io::Error) -> Self {
-        let mut detail = error.to_string();
-        if let Some(errno) = error.raw_os_error()
-            && let Some(stripped) = detail.strip_suffix(&format!(" (os error {errno})"))
-        {
-            detail = stripped.to_owned();
-        }
-        Self {
-            code: SPAWN_FAILED,
-            signal: None,
-            detail: Some(detail),
-            timed_out: false,
-        }
-    }
-
-    fn timed_out(timeout: Duration) -> Self {
-        let signal = Signal::KILL.as_raw();
-        Self {
-            code: 128 + signal,
-            signal: Some(signal),
-            detail: Some(format!("timed out after {}", DisplayDuration(timeout))),
-            timed_out: true,
-        }
-    }
-}
-
-impl fmt::Display for ExitOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "exit code {}", self.code)?;
-        if let Some(detail) = &self.detail {
-            write!(f, " ({detail})")?;
-        }
-        Ok(())
+/// The outcome of a child killed at its timeout.
+fn timed_out(timeout: Duration) -> ExitOutcome {
+    let signal = Signal::KILL.as_raw();
+    ExitOutcome {
+        code: 128 + signal,
+        signal: Some(signal),
+        detail: Some(format!("timed out after {}", DisplayDuration(timeout))),
+        timed_out: true,
     }
 }
 
@@ -163,38 +84,6 @@ impl fmt::Display for DisplayDuration {
         } else {
             write!(f, "{}s", d.as_secs_f64())
         }
-    }
-}
-
-/// Which list of top-level commands runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandKind {
-    /// `start`: before the streams; a failure aborts the daemon.
-    Start,
-    /// `stop`: at shutdown, after the `onexit` actions.
-    Stop,
-}
-
-impl CommandKind {
-    /// `start` or `stop`, as the exporter expects in the log line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Stop => "stop",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Start => "start command",
-            Self::Stop => "stop command",
-        }
-    }
-}
-
-impl fmt::Display for CommandKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -283,7 +172,7 @@ pub async fn run_child(argv: &[String], timeout: Duration, label: &str) -> ExitO
             // SIGKILL cannot be caught: this returns as soon as the kernel
             // has torn the leader down.
             let _ = child.wait().await;
-            ExitOutcome::timed_out(timeout)
+            timed_out(timeout)
         }
     }
 }
@@ -487,46 +376,10 @@ pub struct ActionJob {
     pub owner: Option<TriggerRef>,
 }
 
-/// A trigger of a filter, as the tracker names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TriggerRef {
-    /// Global index of the filter.
-    pub filter: usize,
-    /// The trigger's id, unique for the daemon's lifetime.
-    pub trigger: u64,
-    /// The configuration generation `filter` is an index of.
-    pub generation: u64,
-}
-
-/// An action of a tracked trigger has finished: it exited, failed to
-/// start, or was killed at its timeout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finished {
-    pub owner: TriggerRef,
-    pub values: Values,
-}
-
 impl ActionJob {
     fn label(&self) -> String {
         format!("{}.{}.{}", self.stream, self.filter, self.action)
     }
-}
-
-/// Action counters, read by metrics and `show`.
-#[derive(Debug, Default)]
-pub struct ExecStats {
-    /// Actions whose child was started (or failed to spawn).
-    pub started: AtomicU64,
-    /// Actions that exited 0 in time.
-    pub succeeded: AtomicU64,
-    /// Actions that did not (timeouts included).
-    pub failed: AtomicU64,
-    /// Actions killed at their timeout (also counted in `failed`).
-    pub timed_out: AtomicU64,
-    /// Actions running now.
-    pub running: AtomicU64,
-    /// Actions waiting for a free slot now.
-    pub queued: AtomicU64,
 }
 
 /// Runs actions with a concurrency limit. Cheap to clone: clones share the

@@ -16,18 +16,28 @@
 //! - [`exec`]: actions and start/stop commands as argv children, with a
 //!   concurrency limit and timeouts.
 //! - [`control`]: the Unix socket protocol, server and client of
-//!   `show`/`flush`/`trigger`.
+//!   `show`/`flush`/`trigger`/`reload`.
 //! - [`log`]: the `LEVEL message` log on stdout and the reaction-compatible
 //!   event lines.
 //! - [`metrics`]: every counter, the exporter-compatible families, label
 //!   templates and the `/metrics` endpoint.
 //! - [`notify`]: systemd readiness, status and watchdog.
+//! - [`events`]: the shared vocabulary (matches, action outcomes, command
+//!   kinds, finished reports, times) every layer uses; it imports no other
+//!   module of this crate.
+//!
+//! Dependencies point down: the CLI (`main`, [`cli`], [`check`],
+//! [`replay`], [`control::client`]) on top, then the runtime ([`daemon`],
+//! [`stream`], [`tracker`], [`exec`], [`control::server`]), then
+//! [`metrics`], [`log`] and [`store`], then [`events`], [`config`] and the
+//! engine.
 
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod events;
 pub mod exec;
 pub mod lines;
 pub mod log;

@@ -39,8 +39,7 @@ use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 
-use crate::cli::LogLevel;
-use crate::exec::{CommandKind, ExitOutcome};
+use crate::events::{CommandKind, ExitOutcome};
 
 /// The longest line, without its newline. Well under the 4 KiB the exporter
 /// can take in one read, and under [`CHUNK`] so that a line is never alone
@@ -80,6 +79,16 @@ const LIST_BUDGET: usize = 3000;
 /// Keep the returned guard alive until the end of `main`: dropping it
 /// writes every queued line and stops the writer thread. A second call
 /// keeps the first subscriber (the new guard then writes nothing).
+/// Minimum level of the daemon's log lines (`-l`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
 pub fn init(level: LogLevel) -> LogGuard {
     // A duplicate of fd 1 as a `File` writes with no buffer in between, so
     // one `write_all` of a chunk is one `write(2)` (for a regular file or a

@@ -128,12 +128,12 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Show(args) => {
-            let request = Request::Show(client::selection(&args)?);
+            let request = Request::Show(client::selection(args.limit.as_deref(), &args.patterns)?);
             let tree = client::request(&args.socket, request)?;
             client::print_tree(&tree, args.format, &mut out)?;
         }
         Command::Flush(args) => {
-            let request = Request::Flush(client::selection(&args)?);
+            let request = Request::Flush(client::selection(args.limit.as_deref(), &args.patterns)?);
             let tree = client::request(&args.socket, request)?;
             client::print_tree(&tree, args.format, &mut out)?;
         }

@@ -27,11 +27,10 @@ use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::exec::ExitOutcome;
+use crate::events::{ExitOutcome, Match, MatchBatch, now_ms};
 use crate::lines::LineReader;
 use crate::log;
 use crate::metrics::{Ignored, Metrics, StreamEvent};
-use crate::tracker::{Match, MatchBatch, now_ms};
 
 /// Longest line kept; the rest of a longer line is skipped (and counted).
 pub const MAX_LINE: usize = 64 * 1024;

@@ -43,42 +43,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Action, Config};
 use crate::control::{ControlCmd, Request, Response, Selection};
-use crate::exec::{ActionJob, Executor, Finished, TriggerRef};
+use crate::events::{Finished, MatchBatch, TriggerRef, format_time, now_ms};
+use crate::exec::{ActionJob, Executor};
 use crate::log;
 use crate::metrics::{Ignored, Metrics, PendingCmd, PendingKey, PendingSnapshot};
-use crate::replay::format_time;
 use crate::store::{Record, Restored, Store};
 
 /// How many queued messages one round handles before it commits and
 /// dispatches: large enough to group commits under a flood, small enough
 /// that control requests and timers are not starved.
 const MAX_MESSAGES_PER_ROUND: usize = 256;
-
-/// One accepted match, as a stream task found it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Match {
-    /// Index of the filter in its stream.
-    pub filter: usize,
-    pub values: Values,
-    pub time: Time,
-}
-
-/// Matches of one stream, in line order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MatchBatch {
-    /// The configuration generation the stream matched with.
-    pub generation: u64,
-    /// Index of the stream in that configuration.
-    pub stream: usize,
-    pub matches: Vec<Match>,
-}
-
-/// The wall clock in milliseconds since the Unix epoch.
-pub fn now_ms() -> Time {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Time)
-}
 
 /// A trigger of a jail whose actions have not all finished.
 #[derive(Debug, Clone, PartialEq, Eq)]

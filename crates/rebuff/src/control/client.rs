@@ -13,7 +13,6 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{SelectArgs, ShowFormat};
 use crate::config::emit::to_yaml;
 
 use super::{Envelope, Limit, PROTOCOL_VERSION, Request, Response, Selection};
@@ -180,11 +179,19 @@ pub fn parse_target(text: &str) -> Result<(String, String), ClientError> {
     }
 }
 
-/// The [`Selection`] that `show` and `flush` arguments describe.
-pub fn selection(args: &SelectArgs) -> Result<Selection, ClientError> {
+/// Output format of `show` and `flush`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShowFormat {
+    Yaml,
+    Json,
+}
+
+/// The [`Selection`] that `show` and `flush` arguments describe: `-l
+/// STREAM[.FILTER]` and `NAME=REGEX` pairs.
+pub fn selection(limit: Option<&str>, patterns: &[String]) -> Result<Selection, ClientError> {
     Ok(Selection {
-        limit: args.limit.as_deref().map(parse_limit).transpose()?,
-        patterns: parse_patterns(&args.patterns)?,
+        limit: limit.map(parse_limit).transpose()?,
+        patterns: parse_patterns(patterns)?,
     })
 }
 

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::config::MetricsConfig;
 use crate::control;
-use crate::exec::{self, CommandKind, Executor};
+use crate::events::{CommandKind, MatchBatch, now_ms};
+use crate::exec::{self, Executor};
 use crate::log;
 use crate::metrics::http::{self, Format, RenderFuture};
 use crate::metrics::webconfig::WebConfig;
@@ -34,7 +35,7 @@ use crate::metrics::{Metrics, PendingCmd, PendingSnapshot, StreamEvent};
 use crate::notify;
 use crate::store::Store;
 use crate::stream::{self, StreamDeps, StreamHandle, StreamView};
-use crate::tracker::{MatchBatch, ReloadCmd, Tracker, TrackerDeps, TrackerInputs, now_ms};
+use crate::tracker::{ReloadCmd, Tracker, TrackerDeps, TrackerInputs};
 
 /// Batches of matches in flight between the streams and the tracker; when
 /// full, streams wait (backpressure) rather than buffer without bound.

@@ -42,8 +42,7 @@ use self::http::Format;
 use self::labels::LabelRules;
 use self::series::{Series, SeriesTable};
 use crate::config::{Config, MetricsConfig};
-use crate::exec::{CommandKind, ExecStats, ExitOutcome};
-use crate::tracker::Match;
+use crate::events::{CommandKind, ExecStats, ExitOutcome, Match};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
