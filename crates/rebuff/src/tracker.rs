@@ -854,6 +854,17 @@ impl Tracker {
         self.config = config;
         self.metrics = metrics;
         self.rearm_timers();
+        // Migrated triggers may have lost their last pending action, or
+        // gained one that is due now.
+        let mut triggers = Vec::new();
+        for (fid, fs) in self.filters.iter().enumerate() {
+            for (values, list) in fs.jail.iter().chain(&fs.retiring) {
+                triggers.extend(list.iter().map(|t| (fid, values.clone(), t.id)));
+            }
+        }
+        for (fid, values, id) in triggers {
+            self.settle(fid, &values, id);
+        }
         // Removed filters' entries are forgotten before anything runs.
         self.durable_needed = true;
         summary
@@ -984,15 +995,15 @@ impl Tracker {
             triggers.drain(..triggers.len().saturating_sub(1));
             let pending = triggers.last_mut()?;
             pending.time = trigger.time;
+            // Held actions wait again, for their new due time.
+            pending.held.clear();
             let unarmed: Vec<usize> = delayed
                 .iter()
                 .copied()
-                .filter(|a| !pending.armed.contains(a) && !pending.held.contains(a))
+                .filter(|a| !pending.armed.contains(a))
                 .collect();
             pending.armed.extend(&unarmed);
             pending.pending.clone_from(&delayed);
-            // Held actions wait again for their new due time.
-            pending.held.clear();
             Some((pending.id, unarmed))
         });
         let (id, unarmed) = match extended {
@@ -1600,9 +1611,13 @@ streams:
     }
 
     fn fixture(restore: &[Record<'_>], now: Time) -> Fixture {
+        fixture_with(CONFIG, restore, now)
+    }
+
+    fn fixture_with(config: &str, restore: &[Record<'_>], now: Time) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, CONFIG).expect("write config");
+        std::fs::write(&config_path, config).expect("write config");
         {
             let (mut store, _) = Store::open(&dir.path().join("state")).expect("open store");
             for record in restore {
@@ -1889,6 +1904,80 @@ streams:
         assert_eq!(tracker.timers.len(), 1);
         tracker.fire_due_timers(last + HOUR);
         assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.6"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_unban_held_behind_its_ban_and_then_extended_waits_for_the_new_time() {
+        // Jailed for 2h (`report`), so a match after the unban fell due
+        // (1h) still extends.
+        let config = CONFIG.replace(
+            "          unban:\n",
+            "          report:\n            cmd: ['report', '<ip>']\n            after: 2h\n          unban:\n",
+        );
+        let fx = fixture_with(&config, &[], T0);
+        let mut tracker = fx.tracker;
+        let ip = values("192.0.2.24");
+        tracker.on_match(0, ip.clone(), T0);
+        tracker.on_match(0, ip.clone(), T0);
+        let ban = take_running(&mut tracker);
+        tracker.fire_due_timers(T0 + HOUR);
+        assert!(tracker.ready.is_empty(), "held behind the ban");
+        let later = T0 + HOUR + 1000;
+        tracker.on_match(0, ip.clone(), later);
+        finish(&mut tracker, ban);
+        assert!(tracker.ready.is_empty(), "extended: not due any more");
+        tracker.fire_due_timers(later + HOUR);
+        assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.24"]);
+        tracker.fire_due_timers(later + 2 * HOUR);
+        assert_eq!(take_ready(&mut tracker), vec!["report 192.0.2.24"]);
+        assert_eq!(kept(&tracker), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reload_keeps_triggers_renumbers_actions_and_retires_orphans() {
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        let ip = values("192.0.2.25");
+        ban(&mut tracker, &ip, T0);
+        // Actions reordered, `mail` gone, a new delayed one.
+        let text = CONFIG
+            .replace(
+                "          mail:\n            cmd: ['mail', '<ip>']\n            oneshot: true\n",
+                "",
+            )
+            .replace(
+                "          ban:\n",
+                "          note:\n            cmd: ['note', '<ip>']\n            after: 2h\n          ban:\n",
+            );
+        let path = fx.dir.path().join("config.yml");
+        std::fs::write(&path, text).expect("write config");
+        let config = Arc::new(crate::config::load(&path).expect("valid config"));
+        let metrics = Arc::new(Metrics::new(&config));
+        let summary = tracker.reload(config, metrics, 1, T0 + 1);
+        assert_eq!(summary.changed, vec!["ssh.failed"]);
+        assert_eq!(summary.dropped_actions, 0);
+        // The pending unban kept its time under its new index.
+        tracker.fire_due_timers(T0 + HOUR);
+        assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.25"]);
+        assert_eq!(kept(&tracker), 0);
+        // A batch matched under generation 0 still lands on the filter.
+        tracker.on_batch(MatchBatch {
+            generation: 0,
+            stream: 0,
+            matches: vec![
+                crate::events::Match {
+                    filter: 0,
+                    values: values("192.0.2.26"),
+                    time: T0 + 2,
+                };
+                2
+            ],
+        });
+        assert_eq!(take_ready(&mut tracker), vec!["ban 192.0.2.26"]);
+        // Now `note` (2h) and `unban` (1h) are both pending, in due order.
+        tracker.fire_due_timers(T0 + 3 * HOUR);
+        assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.26"]);
+        assert_eq!(take_ready(&mut tracker), vec!["note 192.0.2.26"]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
