@@ -440,6 +440,7 @@ impl Reloader {
                     if handle.view().config.streams[handle.view().index].cmd == stream.cmd
                         && !task.is_finished() =>
                 {
+                    metrics.stream_running(index);
                     handle.replace_view(view);
                     streams.push((handle, task));
                     continue;

@@ -405,6 +405,14 @@ impl Metrics {
         counters.up.store(up, Ordering::Relaxed);
     }
 
+    /// A stream kept running across a reload is up in the new counters,
+    /// without a second start event.
+    pub fn stream_running(&self, stream: usize) {
+        if let Some(counters) = self.streams.get(stream) {
+            counters.up.store(1, Ordering::Relaxed);
+        }
+    }
+
     /// A stream that rebuff stopped is no longer up, without an event.
     pub fn stream_stopped(&self, stream: usize) {
         if let Some(counters) = self.streams.get(stream) {

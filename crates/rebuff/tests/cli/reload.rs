@@ -7,6 +7,7 @@ use super::daemon::{Daemon, Site, failed_login, wait_until};
 /// `{after}`, `{extra}` (more filters) and `{cmd}` vary between versions.
 const BASE: &str = r#"
 state_directory: {dir}/state
+{metrics}
 patterns:
   ip:
     type: ip
@@ -41,8 +42,13 @@ const INVALID_USER: &str = r#"      invalid:
 "#;
 
 fn write(site: &Site, after: &str, extra: &str, cmd: &str) {
+    write_with_metrics(site, after, extra, cmd, "");
+}
+
+fn write_with_metrics(site: &Site, after: &str, extra: &str, cmd: &str, metrics: &str) {
     site.config(
         &BASE
+            .replace("{metrics}", metrics)
             .replace("{after}", after)
             .replace("{extra}", extra)
             .replace("{cmd}", cmd),
@@ -183,7 +189,12 @@ fn an_invalid_configuration_changes_nothing_and_says_why() {
 #[test]
 fn sighup_reloads_and_an_unchanged_stream_loses_no_line() {
     let site = Site::new();
-    write(&site, "1h", "", TAIL);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let metrics = format!("metrics:\n  listen: 127.0.0.1:{port}");
+    write_with_metrics(&site, "1h", "", TAIL, &metrics);
     let daemon = site.start();
     let lines = |from: usize, to: usize| -> Vec<String> {
         (from..to)
@@ -209,7 +220,7 @@ fn sighup_reloads_and_an_unchanged_stream_loses_no_line() {
     };
     for round in 0..4 {
         let extra = if round % 2 == 0 { INVALID_USER } else { "" };
-        write(&site, "1h", extra, TAIL);
+        write_with_metrics(&site, "1h", extra, TAIL, &metrics);
         daemon.signal_hup();
         wait_until("the reload", || {
             daemon.output().matches("configuration reloaded").count() == round + 1
@@ -219,6 +230,14 @@ fn sighup_reloads_and_an_unchanged_stream_loses_no_line() {
     wait_until("every line matched", || {
         daemon.output().matches("INFO ssh.failed: match [").count() == 2000
     });
+    // The new counters know the kept stream is up.
+    let (status, body) =
+        super::tsdb::http_get(&format!("127.0.0.1:{port}"), "/metrics").expect("scrape");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("rebuff_stream_up{stream=\"ssh\"} 1"),
+        "{body}"
+    );
     let out = daemon.stop();
     assert_eq!(
         out.matches("INFO ssh: start [").count(),
