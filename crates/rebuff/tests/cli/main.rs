@@ -6,6 +6,7 @@ mod daemon;
 mod dashboards;
 mod metrics;
 mod replay;
+mod socket;
 mod tools;
 mod tsdb;
 
