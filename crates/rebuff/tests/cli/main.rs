@@ -4,6 +4,7 @@
 mod config_errors;
 mod daemon;
 mod dashboards;
+mod demo;
 mod metrics;
 mod replay;
 mod socket;
