@@ -194,6 +194,12 @@ impl FilterDecider {
         self.jail.get(values).is_some_and(|&until| now < until)
     }
 
+    /// When the jail of `values` ends (its trigger's time plus the longest
+    /// `after`), if it is jailed at all.
+    pub fn jailed_until(&self, values: &[String]) -> Option<Time> {
+        self.jail.get(values).copied()
+    }
+
     /// Forgets everything about `values` (flush): its counted matches and
     /// its jail entry. Returns whether anything was known.
     pub fn forget(&mut self, values: &Values) -> bool {

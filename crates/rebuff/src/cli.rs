@@ -31,9 +31,30 @@ pub enum DocFormat {
 pub use crate::control::client::ShowFormat;
 pub use crate::log::LogLevel;
 
-/// Where the daemon listens and clients connect, as reaction's users expect
-/// (`/run/reaction/reaction.sock` is upstream's default; rebuff has its own).
+/// Where the daemon listens and clients connect by default.
 pub const DEFAULT_SOCKET: &str = "/run/rebuff/rebuff.sock";
+
+/// reaction's default socket, rebuff's default when invoked as `reaction`,
+/// so that a `reaction` symlink is a drop-in for scripts and units.
+pub const REACTION_SOCKET: &str = "/run/reaction/reaction.sock";
+
+/// The subcommands that take `-s/--socket`.
+const SOCKET_COMMANDS: [&str; 5] = ["start", "show", "flush", "trigger", "reload"];
+
+/// The command line as `invoked_as` (`rebuff` or `reaction`): the name in
+/// help and errors, and, as `reaction`, reaction's default socket.
+pub fn command(invoked_as: &'static str) -> clap::Command {
+    use clap::CommandFactory;
+    let mut command = Cli::command().name(invoked_as);
+    if invoked_as == "reaction" {
+        for name in SOCKET_COMMANDS {
+            command = command.mut_subcommand(name, |sub| {
+                sub.mut_arg("socket", |arg| arg.default_value(REACTION_SOCKET))
+            });
+        }
+    }
+    command
+}
 
 /// The arguments `show` and `flush` share.
 #[derive(Debug, Clone, clap::Args)]

@@ -5,8 +5,8 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
-use rebuff::cli::{Cli, Command, ShowFormat};
+use clap::FromArgMatches;
+use rebuff::cli::{self, Cli, Command, ShowFormat};
 use rebuff::config::{self, Config};
 use rebuff::control::{Request, client};
 use rebuff::{check, daemon, log, replay};
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         .next()
         .is_some_and(|a| Path::new(&a).file_name().is_some_and(|n| n == "reaction"));
     let invoked_as = if as_reaction { "reaction" } else { "rebuff" };
-    let matches = Cli::command().name(invoked_as).get_matches();
+    let matches = cli::command(invoked_as).get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(command) = cli.command else {
-        let _ = Cli::command().name(invoked_as).print_help();
+        let _ = cli::command(invoked_as).print_help();
         return ExitCode::from(2);
     };
     match run(command) {

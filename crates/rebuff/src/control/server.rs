@@ -9,30 +9,44 @@
 //! Nothing a client does reaches further than its own connection: reading
 //! and writing are bounded in size and time, a bad request is answered and
 //! dropped here without involving the tracker, and the number of connections
-//! served at once is capped. When the cap is reached the accept loop stops
-//! accepting until a connection finishes, so further clients wait in the
-//! kernel's listen backlog (their connect succeeds, their answer comes
-//! later) rather than getting an error: the usual cause is a burst of
-//! legitimate `show` calls, which are better served late than refused.
+//! served at once is capped. A real client sends its request as soon as it
+//! has connected, so a connection still waiting for its request is idle,
+//! and idle connections must not keep others out: one that sends nothing
+//! gets a short first-byte timeout, and at the cap a new connection sheds
+//! the oldest connection that has not sent its whole request yet. Only
+//! when every connection at the cap has a request in progress does the
+//! accept loop stop accepting until one finishes, so further clients wait in
+//! the kernel's listen backlog (their connect succeeds, their answer comes
+//! later) rather than getting an error: that is a burst of legitimate
+//! `show` calls, which are better served late than refused.
 
+use std::collections::VecDeque;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{ControlCmd, Envelope, PROTOCOL_VERSION, Request, Response};
 
+/// What a user who cannot write the default socket directory can do.
+const WRITABLE_HINT: &str =
+    "run as a user who may write there, or choose another socket with -s PATH";
+
 /// Why the control socket could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("cannot create the socket directory {}: {error}", path.display())]
+    #[error("cannot create the socket directory {}: {error}; {WRITABLE_HINT}", path.display())]
     CreateDir { path: PathBuf, error: io::Error },
+    #[error("cannot create the socket in {}: {error}; {WRITABLE_HINT}", path.display())]
+    NotWritable { path: PathBuf, error: io::Error },
     #[error("another rebuff is already listening on {}", path.display())]
     InUse { path: PathBuf },
     #[error("{} exists and is not a socket; refusing to replace it", path.display())]
@@ -43,66 +57,114 @@ pub enum BindError {
     RemoveStale { path: PathBuf, error: io::Error },
     #[error("cannot listen on {}: {error}", path.display())]
     Bind { path: PathBuf, error: io::Error },
-    #[error("cannot set the permissions of {}: {error}", path.display())]
-    Permissions { path: PathBuf, error: io::Error },
+}
+
+/// Mode of the control socket: only its owner and group may send commands.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// Checks that [`bind`] can create the control socket at `path`, so that
+/// `rebuff start` fails before it writes any state or runs any command.
+///
+/// Creates the parent directory (mode 0o755) when missing, checks that this
+/// process may create a file in it, and refuses a `path` where another
+/// daemon answers or that is not a socket. A stale socket is left for
+/// [`bind`] to replace.
+pub fn check(path: &Path) -> Result<(), BindError> {
+    let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent,
+        None => Path::new("."),
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .map_err(|error| BindError::CreateDir {
+            path: parent.to_owned(),
+            error,
+        })?;
+    // With the effective ids, as the bind will run.
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        parent,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .map_err(|error| BindError::NotWritable {
+        path: parent.to_owned(),
+        error: error.into(),
+    })?;
+    match socket_at(path)? {
+        Existing::Live => Err(BindError::InUse {
+            path: path.to_owned(),
+        }),
+        Existing::Stale | Existing::Nothing => Ok(()),
+    }
+}
+
+/// What is at the socket path.
+enum Existing {
+    Nothing,
+    /// A socket nobody answers on: it outlived its daemon.
+    Stale,
+    /// A socket a daemon answers on.
+    Live,
+}
+
+fn socket_at(path: &Path) -> Result<Existing, BindError> {
+    match std::fs::symlink_metadata(path) {
+        // A connect to a Unix socket does not wait on the network, so this
+        // is quick; refused means nobody listens.
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                Ok(Existing::Live)
+            } else {
+                Ok(Existing::Stale)
+            }
+        }
+        Ok(_) => Err(BindError::NotASocket {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Existing::Nothing),
+        Err(error) => Err(BindError::Inspect {
+            path: path.to_owned(),
+            error,
+        }),
+    }
 }
 
 /// Creates the control socket at `path` and listens on it.
 ///
-/// Creates the parent directory (mode 0o755) when missing, refuses to start
-/// when another daemon answers on `path`, replaces a stale socket file left
-/// by a daemon that died (but never a file of another kind), and gives the
-/// socket mode 0o660 so that only its owner and group may send commands.
+/// Does every [`check`], replaces a stale socket file left by a daemon that
+/// died (but never a file of another kind), and creates the socket with
+/// [`SOCKET_MODE`] from the start: there is no moment when it exists with
+/// a wider mode, and no chmod by path that a swapped file could redirect.
 ///
-/// Must be called inside a tokio runtime.
+/// Must be called inside a tokio runtime, before other threads create
+/// files: the process umask is narrowed for the duration of the bind.
 pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .map_err(|error| BindError::CreateDir {
-                path: parent.to_owned(),
-                error,
-            })?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            // A daemon that answers owns the path. Anything else (refused:
-            // nobody listens) means the file outlived its daemon. A connect
-            // to a Unix socket does not wait on the network, so this is quick.
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(BindError::InUse {
-                    path: path.to_owned(),
-                });
-            }
-            std::fs::remove_file(path).map_err(|error| BindError::RemoveStale {
-                path: path.to_owned(),
-                error,
-            })?;
-        }
-        Ok(_) => {
-            return Err(BindError::NotASocket {
-                path: path.to_owned(),
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => {
-            return Err(BindError::Inspect {
-                path: path.to_owned(),
-                error,
-            });
-        }
-    }
-    let listener = UnixListener::bind(path).map_err(|error| BindError::Bind {
-        path: path.to_owned(),
-        error,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|error| {
-        BindError::Permissions {
+    check(path)?;
+    if let Existing::Stale = socket_at(path)? {
+        std::fs::remove_file(path).map_err(|error| BindError::RemoveStale {
             path: path.to_owned(),
             error,
-        }
+        })?;
+    }
+    // Linux gives a new socket file 0o777 less the umask (BSDs ignore the
+    // mode of sockets altogether and check the directory). A stricter umask
+    // for one call can only make a concurrent file creation more private.
+    let umask = rustix::fs::Mode::from_raw_mode(0o777 & !SOCKET_MODE);
+    let previous = rustix::process::umask(umask);
+    let bound = UnixListener::bind(path);
+    rustix::process::umask(previous);
+    let listener = bound.map_err(|error| match error.kind() {
+        io::ErrorKind::PermissionDenied => BindError::NotWritable {
+            path: path.parent().unwrap_or(Path::new(".")).to_owned(),
+            error,
+        },
+        _ => BindError::Bind {
+            path: path.to_owned(),
+            error,
+        },
     })?;
     Ok(listener)
 }
@@ -130,6 +192,8 @@ pub async fn run(
 /// The bounds that keep one client from affecting anyone else.
 #[derive(Debug, Clone, Copy)]
 struct ServerLimits {
+    /// Time a client has to send the first byte of its request.
+    first_byte_timeout: Duration,
     /// Time a client has to send its whole request line.
     read_timeout: Duration,
     /// Time a client has to take the whole answer.
@@ -145,6 +209,7 @@ struct ServerLimits {
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
+            first_byte_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             max_request: 64 * 1024,
@@ -177,14 +242,38 @@ impl Server {
         // The set both caps concurrency (its length) and lets shutdown wait
         // for, then abort, the connections still in flight.
         let mut connections = JoinSet::new();
+        // Connections that have not sent their whole request, oldest first.
+        let mut unread: VecDeque<Arc<Reading>> = VecDeque::new();
+        // A connection accepted beyond the cap, waiting for a slot.
+        let mut parked: Option<UnixStream> = None;
+        let became_idle = Arc::new(Notify::new());
         loop {
             while let Some(done) = connections.try_join_next() {
                 log_panic(done);
             }
-            if connections.len() >= limits.max_connections {
+            unread.retain(|c| c.is_unread());
+            let full = connections.len() >= limits.max_connections;
+            if let Some(stream) = parked.take() {
+                if !full {
+                    serve_in(
+                        &mut connections,
+                        &mut unread,
+                        stream,
+                        &tracker,
+                        limits,
+                        &became_idle,
+                    );
+                    continue;
+                }
+                parked = Some(stream);
+                // Someone waits for a slot: make room if a connection sits
+                // idle, then wait for a slot (the shed one ends at once).
+                let shed = shed_oldest(&mut unread);
                 tokio::select! {
+                    biased;
                     () = shutdown.cancelled() => break,
                     Some(done) = connections.join_next() => log_panic(done),
+                    () = became_idle.notified(), if !shed => {}
                 }
                 continue;
             }
@@ -192,8 +281,11 @@ impl Server {
                 biased;
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
+                    // At the cap, one more is accepted to learn that
+                    // someone waits; further clients wait in the backlog.
+                    Ok((stream, _)) if full => parked = Some(stream),
                     Ok((stream, _)) => {
-                        connections.spawn(serve(stream, tracker.clone(), limits));
+                        serve_in(&mut connections, &mut unread, stream, &tracker, limits, &became_idle);
                     }
                     Err(e) => {
                         // Usually out of file descriptors: pause rather than
@@ -225,6 +317,75 @@ impl Server {
     }
 }
 
+/// Starts serving `stream`, and lists it as not having sent its request.
+fn serve_in(
+    connections: &mut JoinSet<()>,
+    unread: &mut VecDeque<Arc<Reading>>,
+    stream: UnixStream,
+    tracker: &mpsc::Sender<ControlCmd>,
+    limits: ServerLimits,
+    became_idle: &Arc<Notify>,
+) {
+    let reading = Arc::new(Reading {
+        state: AtomicU8::new(Reading::NEW),
+        shed: CancellationToken::new(),
+        became_idle: became_idle.clone(),
+    });
+    unread.push_back(reading.clone());
+    connections.spawn(serve(stream, tracker.clone(), limits, reading));
+}
+
+/// Where a connection is with its request, shared with the accept loop,
+/// which may shed it while it waits for the client.
+#[derive(Debug)]
+struct Reading {
+    state: AtomicU8,
+    /// Cancelled by the accept loop to shed the connection.
+    shed: CancellationToken,
+    /// Told when a connection starts waiting for its client.
+    became_idle: Arc<Notify>,
+}
+
+impl Reading {
+    /// Accepted, not read from yet: a real client's request may be there.
+    const NEW: u8 = 0;
+    /// Found the client had not sent its whole request: may be shed.
+    const WAITING: u8 = 1;
+    /// The request is read (or refused).
+    const DONE: u8 = 2;
+
+    fn is_unread(&self) -> bool {
+        self.state.load(Ordering::Acquire) != Reading::DONE && !self.shed.is_cancelled()
+    }
+
+    fn may_shed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == Reading::WAITING && !self.shed.is_cancelled()
+    }
+
+    fn waiting(&self) {
+        if self.state.swap(Reading::WAITING, Ordering::AcqRel) == Reading::NEW {
+            self.became_idle.notify_one();
+        }
+    }
+
+    fn done(&self) {
+        self.state.store(Reading::DONE, Ordering::Release);
+    }
+}
+
+/// Sheds the oldest connection waiting for the rest of its request, if
+/// any; whether one was shed.
+fn shed_oldest(unread: &mut VecDeque<Arc<Reading>>) -> bool {
+    let Some(index) = unread.iter().position(|c| c.may_shed()) else {
+        return false;
+    };
+    if let Some(oldest) = unread.remove(index) {
+        oldest.shed.cancel();
+        tracing::debug!("idle control connection shed to make room");
+    }
+    true
+}
+
 fn log_panic(done: Result<(), tokio::task::JoinError>) {
     if let Err(e) = done
         && e.is_panic()
@@ -247,6 +408,8 @@ fn remove_socket(path: &Path) {
 enum Rejection {
     #[error("no request received within {0:?}")]
     Timeout(Duration),
+    #[error("too many connections: this one sent no request and was closed to make room")]
+    Shed,
     #[error("request larger than {0} bytes")]
     TooLarge(usize),
     #[error("cannot read the request: {0}")]
@@ -263,20 +426,32 @@ enum Rejection {
 }
 
 /// One connection, start to end: read, dispatch, answer, close.
-async fn serve(mut stream: UnixStream, tracker: mpsc::Sender<ControlCmd>, limits: ServerLimits) {
-    let request = match tokio::time::timeout(
-        limits.read_timeout,
-        read_line(&mut stream, limits.max_request),
-    )
-    .await
-    {
-        Err(_) => Err(Rejection::Timeout(limits.read_timeout)),
-        Ok(Err(e)) => Err(Rejection::Read(e)),
-        Ok(Ok(None)) => {
+async fn serve(
+    mut stream: UnixStream,
+    tracker: mpsc::Sender<ControlCmd>,
+    limits: ServerLimits,
+    reading: Arc<Reading>,
+) {
+    let read = tokio::select! {
+        read = read_request(&mut stream, limits, &reading) => Some(read),
+        () = reading.shed.cancelled() => None,
+    };
+    reading.done();
+    let request = match read {
+        // Shed: a word of why, if it fits in the socket buffer at once.
+        None => {
+            let answer = Response::Error(Rejection::Shed.to_string());
+            if let Ok(answer) = serde_json::to_vec(&answer) {
+                let _ = stream.try_write(&answer);
+            }
+            return;
+        }
+        Some(Err(ReadOutcome::Closed)) => {
             tracing::debug!("control client closed without a request");
             return;
         }
-        Ok(Ok(Some(line))) => parse(&line, limits.max_request),
+        Some(Err(ReadOutcome::Rejected(rejection))) => Err(rejection),
+        Some(Ok(line)) => parse(&line, limits.max_request),
     };
     let response = match request {
         Ok(request) => dispatch(&tracker, request).await,
@@ -305,18 +480,60 @@ async fn serve(mut stream: UnixStream, tracker: mpsc::Sender<ControlCmd>, limits
     }
 }
 
+/// Why no request line came.
+enum ReadOutcome {
+    /// The client closed without sending anything.
+    Closed,
+    Rejected(Rejection),
+}
+
 /// Reads up to the first newline or the end of input, whichever comes
-/// first, but never more than `max + 1` bytes, so an oversized line is
-/// detected without buffering it. `None` when the client sent nothing.
-async fn read_line(stream: &mut UnixStream, max: usize) -> io::Result<Option<Vec<u8>>> {
-    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    let mut reader = BufReader::new(stream.take(limit));
+/// first, but never keeps more than `max + 1` bytes, so an oversized line is
+/// detected without buffering it. The first byte must come within the
+/// first-byte timeout, the whole line within the read timeout. Marks
+/// `reading` as waiting whenever the client has not sent enough yet.
+async fn read_request(
+    stream: &mut UnixStream,
+    limits: ServerLimits,
+    reading: &Reading,
+) -> Result<Vec<u8>, ReadOutcome> {
+    let started = tokio::time::Instant::now();
+    let max = limits.max_request;
     let mut line = Vec::new();
-    reader.read_until(b'\n', &mut line).await?;
-    if line.is_empty() {
-        return Ok(None);
+    let mut chunk = vec![0; 4096];
+    loop {
+        match stream.try_read(&mut chunk) {
+            Ok(0) if line.is_empty() => return Err(ReadOutcome::Closed),
+            Ok(0) => return Ok(line),
+            Ok(n) => {
+                let got = &chunk[..n];
+                let (end, complete) = match memchr::memchr(b'\n', got) {
+                    Some(pos) => (pos + 1, true),
+                    None => (n, false),
+                };
+                line.extend_from_slice(&got[..end]);
+                if complete || line.len() > max {
+                    line.truncate(max.saturating_add(1));
+                    return Ok(line);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                reading.waiting();
+                let (timeout, deadline) = if line.is_empty() {
+                    let first = limits.first_byte_timeout.min(limits.read_timeout);
+                    (first, started + first)
+                } else {
+                    (limits.read_timeout, started + limits.read_timeout)
+                };
+                match tokio::time::timeout_at(deadline, stream.readable()).await {
+                    Err(_) => return Err(ReadOutcome::Rejected(Rejection::Timeout(timeout))),
+                    Ok(Err(e)) => return Err(ReadOutcome::Rejected(Rejection::Read(e))),
+                    Ok(Ok(())) => {}
+                }
+            }
+            Err(e) => return Err(ReadOutcome::Rejected(Rejection::Read(e))),
+        }
     }
-    Ok(Some(line))
 }
 
 fn parse(line: &[u8], max: usize) -> Result<Request, Rejection> {
@@ -359,6 +576,7 @@ mod tests {
     use serde_json::json;
     use std::io::{Read, Write};
     use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncReadExt;
 
     /// A server on a temp socket with a tracker that echoes each request.
     struct Harness {
@@ -570,6 +788,135 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn two_hundred_idle_connections_do_not_keep_a_show_waiting() {
+        // Timeouts far beyond the test's deadline: only shedding can make
+        // room, as the idle clients would otherwise hold every slot for
+        // minutes, round after round.
+        let harness = Harness::start(ServerLimits {
+            first_byte_timeout: Duration::from_secs(60),
+            ..test_limits()
+        });
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(UnixStream::connect(&harness.path).await.expect("connect"));
+        }
+        let tree = tokio::time::timeout(Duration::from_secs(30), harness.show())
+            .await
+            .expect("show answered despite 200 idle connections");
+        assert!(tree.is_ok(), "{tree:?}");
+        // The oldest idle ones were shed, and told why.
+        let mut answer = Vec::new();
+        idle[0].read_to_end(&mut answer).await.expect("read");
+        assert!(
+            error_message(&answer).starts_with("too many connections"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        harness.stop().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_that_sent_half_a_request_is_shed_too() {
+        let harness = Harness::start(ServerLimits {
+            max_connections: 1,
+            first_byte_timeout: Duration::from_secs(60),
+            ..test_limits()
+        });
+        let mut half = UnixStream::connect(&harness.path).await.expect("connect");
+        half.write_all(b"{\"version\":").await.expect("write");
+        let tree = tokio::time::timeout(Duration::from_secs(30), harness.show())
+            .await
+            .expect("show answered");
+        assert!(tree.is_ok(), "{tree:?}");
+        let mut answer = Vec::new();
+        half.read_to_end(&mut answer).await.expect("read");
+        assert!(error_message(&answer).starts_with("too many connections"));
+        harness.stop().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn at_the_cap_a_request_in_progress_is_never_shed() {
+        // The only slot is busy with a request the tracker has not answered
+        // yet: a second client waits for it instead of shedding it.
+        let (tracker, mut commands) = mpsc::channel::<ControlCmd>(16);
+        let harness = Harness::with_tracker(
+            ServerLimits {
+                max_connections: 1,
+                ..test_limits()
+            },
+            tracker,
+        );
+        let first = tokio::spawn({
+            let path = harness.path.clone();
+            async move {
+                let mut stream = UnixStream::connect(&path).await.expect("connect");
+                let request = br#"{"version":1,"command":"flush","limit":null,"patterns":[]}"#;
+                stream.write_all(request).await.expect("write");
+                stream.write_all(b"\n").await.expect("write");
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await.expect("read");
+                answer
+            }
+        });
+        let held = commands.recv().await.expect("the first request");
+        let second = tokio::spawn({
+            let path = harness.path.clone();
+            async move {
+                let mut stream = UnixStream::connect(&path).await.expect("connect");
+                let request = br#"{"version":1,"command":"show","limit":null,"patterns":[]}"#;
+                stream.write_all(request).await.expect("write");
+                stream.shutdown().await.expect("shutdown");
+                let mut answer = Vec::new();
+                stream.read_to_end(&mut answer).await.expect("read");
+                answer
+            }
+        });
+        let _ = held.respond.send(Response::Ok(json!("first")));
+        let answer = first.await.expect("first client");
+        assert_eq!(
+            serde_json::from_slice::<Response>(&answer).expect("answer"),
+            Response::Ok(json!("first"))
+        );
+        let next = commands.recv().await.expect("the second request");
+        assert!(matches!(next.request, Request::Show(_)));
+        let _ = next.respond.send(Response::Ok(json!("second")));
+        let answer = second.await.expect("second client");
+        assert_eq!(
+            serde_json::from_slice::<Response>(&answer).expect("answer"),
+            Response::Ok(json!("second"))
+        );
+        harness.stop().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_first_byte_has_its_own_shorter_timeout() {
+        let harness = Harness::start(ServerLimits {
+            first_byte_timeout: Duration::from_millis(50),
+            ..test_limits()
+        });
+        let mut silent = UnixStream::connect(&harness.path).await.expect("connect");
+        let mut answer = Vec::new();
+        silent.read_to_end(&mut answer).await.expect("read");
+        assert_eq!(error_message(&answer), "no request received within 50ms");
+        // A request whose first byte came in time may take longer.
+        let mut slow = UnixStream::connect(&harness.path).await.expect("connect");
+        slow.write_all(b"{\"version\":1,").await.expect("write");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        slow.write_all(br#""command":"flush","limit":null,"patterns":[]}"#)
+            .await
+            .expect("write");
+        slow.shutdown().await.expect("shutdown");
+        let mut answer = Vec::new();
+        slow.read_to_end(&mut answer).await.expect("read");
+        assert!(
+            matches!(serde_json::from_slice(&answer), Ok(Response::Ok(_))),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        harness.stop().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn a_request_after_the_tracker_stopped_is_told_the_daemon_is_shutting_down() {
         let (tracker, commands) = mpsc::channel(1);
         drop(commands);
@@ -593,6 +940,58 @@ mod tests {
         assert_eq!(mode & 0o777, 0o660);
         let path = harness.stop().await;
         assert!(!path.exists());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_socket_is_created_with_its_mode_not_changed_after() {
+        use rustix::fs::inotify;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let watch = inotify::init(inotify::CreateFlags::NONBLOCK).expect("inotify");
+        inotify::add_watch(
+            &watch,
+            dir.path(),
+            inotify::WatchFlags::CREATE | inotify::WatchFlags::ATTRIB,
+        )
+        .expect("watch");
+        let path = dir.path().join("rebuff.sock");
+        let _listener = bind(&path).expect("bind");
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, SOCKET_MODE);
+        let mut buffer = [std::mem::MaybeUninit::uninit(); 4096];
+        let mut events = inotify::Reader::new(&watch, &mut buffer);
+        let mut seen = Vec::new();
+        while let Ok(event) = events.next() {
+            seen.push(event.events());
+        }
+        // Created once; no chmod (an attribute change) after the bind.
+        assert_eq!(seen, vec![inotify::ReadFlags::CREATE], "{seen:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn check_refuses_a_directory_that_cannot_be_created_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, "").expect("write");
+        let error = check(&file.join("rebuff.sock")).expect_err("not a directory");
+        assert!(matches!(error, BindError::CreateDir { .. }), "{error}");
+        assert!(error.to_string().contains("-s PATH"), "{error}");
+        // /proc refuses new entries even to root.
+        let error = check(Path::new("/proc/rebuff/rebuff.sock")).expect_err("in /proc");
+        assert!(error.to_string().contains("-s PATH"), "{error}");
+        // A directory without write permission: root may write anyway.
+        if rustix::process::geteuid().is_root() {
+            println!("skipped: the read-only directory case (root writes anywhere)");
+            return;
+        }
+        let locked = dir.path().join("locked");
+        std::fs::create_dir(&locked).expect("mkdir");
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        let error = check(&locked.join("rebuff.sock")).expect_err("read-only");
+        assert!(matches!(error, BindError::NotWritable { .. }), "{error}");
+        assert!(error.to_string().contains("-s PATH"), "{error}");
     }
 
     #[tokio::test(flavor = "current_thread")]

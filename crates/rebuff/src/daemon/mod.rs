@@ -81,6 +81,8 @@ pub fn run(config: Config, options: StartOptions) -> anyhow::Result<Exit> {
 
 async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result<Exit> {
     let started = std::time::Instant::now();
+    // Before any state is written: a socket we cannot create stops us here.
+    control::server::check(&options.socket)?;
     let (store, restored) = Store::open(&config.state_directory).with_context(|| {
         format!(
             "cannot open the state in {}",

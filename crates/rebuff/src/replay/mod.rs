@@ -20,8 +20,8 @@ use std::sync::{Mutex, mpsc};
 use anyhow::{Context, bail};
 use foldhash::fast::RandomState;
 use rebuff_engine::{
-    Decision, FilterDecider, IgnoreReason, LineMatch, MatchScratch, StreamMatcher, Trigger,
-    TriggerKind, line_text,
+    Decision, DuplicatePolicy, FilterDecider, FilterPlan, IgnoreReason, LineMatch, MatchScratch,
+    StreamMatcher, Trigger, TriggerKind, line_text,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -66,8 +66,12 @@ struct FilterStats {
     extended: u64,
     reruns: u64,
     duplicates_ignored: u64,
-    /// Per action, parallel to the filter's actions.
+    /// Actions that would run, parallel to the filter's actions: a new
+    /// trigger or a rerun counts each of its actions, an extension only the
+    /// delayed actions that had already run (see [`already_ran`]).
     actions: Vec<u64>,
+    /// `duplicate: extend` with delayed actions of different delays.
+    extend_may_repeat: bool,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +126,7 @@ pub fn run(config: &Config, options: &ReplayOptions, out: &mut dyn Write) -> any
                     .iter()
                     .map(|f| FilterStats {
                         actions: vec![0; f.actions.len()],
+                        extend_may_repeat: extend_may_repeat(&f.plan),
                         ..FilterStats::default()
                     })
                     .collect(),
@@ -351,7 +356,17 @@ impl<'c> Replay<'c> {
 
         let run = &mut self.runs[run_index];
         let stats = &mut run.stats[m.filter];
-        let trigger = match run.deciders[m.filter].on_match(values, time) {
+        let decider = &mut run.deciders[m.filter];
+        // Under `extend` a duplicate moves the delayed actions that are still
+        // pending; one that already ran (a shorter `after`) is scheduled, and
+        // would run, again. Only filters with delayed actions of different
+        // delays can have such an action.
+        let jailed_until = if stats.extend_may_repeat {
+            decider.jailed_until(&values)
+        } else {
+            None
+        };
+        let trigger = match decider.on_match(values, time) {
             Decision::Counted { .. } => return Ok(()),
             Decision::DuplicateIgnored => {
                 stats.duplicates_ignored += 1;
@@ -364,7 +379,14 @@ impl<'c> Replay<'c> {
             TriggerKind::Rerun => stats.reruns += 1,
             TriggerKind::Extend => stats.extended += 1,
         }
+        let plan = run.deciders[m.filter].plan();
         for scheduled in &trigger.actions {
+            if trigger.kind == TriggerKind::Extend
+                && !already_ran(plan, scheduled.action, jailed_until, trigger.time)
+            {
+                // Still pending: the extension only moves it.
+                continue;
+            }
             stats.actions[scheduled.action] += 1;
         }
         // An extension only pushes pending actions back: it is counted, not
@@ -808,6 +830,29 @@ fn bump(
     } else {
         entry.matches += 1;
     }
+}
+
+/// Whether an extension of a filter under `plan` can reschedule a delayed
+/// action that already ran: only when its delayed actions differ in delay.
+fn extend_may_repeat(plan: &FilterPlan) -> bool {
+    let mut delays = plan.actions.iter().filter_map(|a| a.after);
+    let first = delays.next();
+    plan.duplicate == DuplicatePolicy::Extend && delays.any(|d| Some(d) != first)
+}
+
+/// Whether delayed `action` of a trigger jailed until `jailed_until` (its
+/// time plus the longest delay) was due, and so ran, by `now`: an extension
+/// at `now` then schedules it once more. Without a jail (the filter has one
+/// delay, so every delayed action is still pending) it did not run.
+fn already_ran(plan: &FilterPlan, action: usize, jailed_until: Option<u64>, now: u64) -> bool {
+    let (Some(until), Some(longest), Some(after)) = (
+        jailed_until,
+        plan.longest_delay(),
+        plan.actions.get(action).and_then(|a| a.after),
+    ) else {
+        return false;
+    };
+    until.saturating_sub(longest).saturating_add(after) <= now
 }
 
 fn kind_name(kind: TriggerKind) -> &'static str {

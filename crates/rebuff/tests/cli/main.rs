@@ -4,11 +4,13 @@
 mod config_errors;
 mod daemon;
 mod dashboards;
+mod demo;
 mod exporter_compat;
 mod metrics;
 mod ordering;
 mod reload;
 mod replay;
+mod socket;
 mod tools;
 mod tsdb;
 

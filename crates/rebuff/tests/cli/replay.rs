@@ -271,3 +271,88 @@ fn text_output_ends_with_the_summary_tables() {
         "no progress bar when not a terminal"
     );
 }
+
+fn example(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+#[test]
+fn the_demo_counts_one_ban_and_one_unban_per_trigger() {
+    // 4 sshd triggers extended 75 times: the extensions move the 4 pending
+    // unbans, they add none.
+    let out = replay_json(&example("demo.yml"), &[], &[&example("demo.log")]);
+    let summary = &out["summary"];
+    let ssh = &summary["filters"]["sshd.failedlogin"];
+    assert_eq!(ssh["triggers"], 4, "{summary}");
+    assert_eq!(ssh["extended"], 75, "{summary}");
+    assert_eq!(ssh["actions"], serde_json::json!({"ban": 4, "unban": 4}));
+    let web = &summary["filters"]["nginx.scanners"];
+    assert_eq!(web["triggers"], 5, "{summary}");
+    assert_eq!(web["actions"], serde_json::json!({"ban": 5, "unban": 5}));
+    assert_eq!(summary["actions"], 18);
+}
+
+#[test]
+fn an_extension_counts_again_only_the_delayed_actions_that_already_ran() {
+    let config = write_config(
+        "c.yml",
+        "streams:
+  ssh:
+    cmd: ['cat']
+    filters:
+      failed:
+        regex: ['Failed password for .* from <ip> port']
+        actions:
+          ban:
+            cmd: ['ban', '<ip>']
+          warn:
+            cmd: ['warn', '<ip>']
+            after: 5m
+          unban:
+            cmd: ['unban', '<ip>']
+            after: 1h
+      again:
+        regex: ['Failed password for .* from <ip> port']
+        duplicate: rerun
+        actions:
+          ban:
+            cmd: ['ban', '<ip>']
+          unban:
+            cmd: ['unban', '<ip>']
+            after: 1h
+patterns:
+  ip:
+    type: ip
+",
+    );
+    let log = config.dir.path().join("auth.log");
+    let mut text = String::new();
+    // New at :00 (ban, warn, unban), extended at :02 (warn and unban still
+    // pending: nothing more), at :10 (warn ran at :07: once more), at :11
+    // (warn pending again since :10: nothing more).
+    for minute in [0, 2, 10, 11] {
+        text.push_str(&syslog(minute, "192.0.2.9"));
+    }
+    std::fs::write(&log, text).expect("write");
+    let out = replay_json(&config.path, &[], &[&log]);
+    let filters = &out["summary"]["filters"];
+    let failed = &filters["ssh.failed"];
+    assert_eq!(failed["triggers"], 1, "{out}");
+    assert_eq!(failed["extended"], 3, "{out}");
+    assert_eq!(
+        failed["actions"],
+        serde_json::json!({"ban": 1, "warn": 2, "unban": 1}),
+        "{out}"
+    );
+    // Under `rerun` every duplicate runs every action again.
+    let again = &filters["ssh.again"];
+    assert_eq!(again["reruns"], 3, "{out}");
+    assert_eq!(
+        again["actions"],
+        serde_json::json!({"ban": 4, "unban": 4}),
+        "{out}"
+    );
+    assert_eq!(out["summary"]["actions"], 4 + 8);
+}
