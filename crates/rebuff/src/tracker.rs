@@ -234,7 +234,9 @@ impl Tracker {
     /// actions of persisted triggers run again (the ban rebuilds the
     /// firewall; an unban whose time passed runs now) except `oneshot` ones,
     /// future ones are scheduled, and entries of filters that no longer
-    /// exist are dropped. The store is then compacted to the live state.
+    /// exist are dropped. The store is then compacted to the live state; a
+    /// disk that cannot take it (full, read-only) is logged and counted,
+    /// and the daemon starts on the state in memory.
     pub fn restore(&mut self, restored: Restored, now: Time) -> anyhow::Result<()> {
         let mut dropped: HashMap<(String, String), u64> = HashMap::new();
         for entry in restored.entries {
@@ -283,7 +285,7 @@ impl Tracker {
                 "the end of the state file was torn or corrupt and was dropped"
             );
         }
-        self.compact()?;
+        self.compact_or_log();
         tracing::info!(
             triggers = self.report.restored_triggers,
             records = restored.records,
@@ -565,14 +567,15 @@ impl Tracker {
         }
     }
 
-    /// A store that cannot be written (disk full, I/O error) must not stop
-    /// the bans: the error is logged and counted, the records stay buffered
-    /// for the next round, and actions run anyway.
+    /// A store that cannot be written (disk full or read-only, I/O error)
+    /// must not stop the bans: the error is logged and counted, the store
+    /// keeps what it could not write and retries later, the state in memory
+    /// is untouched, and actions run anyway.
     fn commit_or_log(&mut self) {
         if let Err(e) = self.commit() {
             self.report.store_errors += 1;
             self.metrics.store_error();
-            tracing::error!(error = %format!("{e:#}"), "state commit failed; actions run without persistence");
+            tracing::error!(error = %format!("{e:#}"), "state commit failed; actions run on, the state is kept in memory and written later");
         }
     }
 
@@ -580,7 +583,7 @@ impl Tracker {
         if let Err(e) = self.compact() {
             self.report.store_errors += 1;
             self.metrics.store_error();
-            tracing::error!(error = %format!("{e:#}"), "state compaction failed");
+            tracing::error!(error = %format!("{e:#}"), "state compaction failed; actions run on, the state is kept in memory and written later");
         }
     }
 

@@ -6,6 +6,7 @@ mod daemon;
 mod dashboards;
 mod metrics;
 mod replay;
+mod store;
 mod tools;
 mod tsdb;
 
