@@ -1217,4 +1217,34 @@ streams:
         assert_eq!(tracker.show(&select("user")).expect("show"), json!({}));
         assert!(tracker.show(&select("(")).is_err());
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_that_cannot_compact_at_restore_is_logged_and_the_state_kept() {
+        let ip = values("192.0.2.8");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, CONFIG).expect("write config");
+        let config = crate::config::load(&config_path).expect("valid config");
+        let state = dir.path().join("state");
+        {
+            let (mut store, _) = Store::open(&state).expect("open store");
+            store.append(&trigger_record(&ip, T0));
+            store.commit(true).expect("commit");
+        }
+        let (store, restored) = Store::open(&state).expect("reopen store");
+        // The compaction's temporary file cannot be made.
+        std::fs::create_dir(state.join("rebuff.db.tmp")).expect("mkdir");
+        let metrics = Arc::new(Metrics::new(&config));
+        let mut tracker = Tracker::new(TrackerDeps {
+            config: Arc::new(config),
+            store,
+            executor: Executor::new(1, metrics.clone()),
+            action_timeout: Duration::from_secs(1),
+            metrics,
+        });
+        tracker.restore(restored, T0 + 60_000).expect("restore");
+        assert_eq!(tracker.report().store_errors, 1);
+        assert_eq!(take_ready(&mut tracker), vec!["ban 192.0.2.8"]);
+        assert_eq!(tracker.timers.len(), 1);
+    }
 }

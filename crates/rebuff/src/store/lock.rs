@@ -283,3 +283,48 @@ fn holder(file: &File, typ: FlockType) -> Option<i32> {
         .and_then(|lock| lock.pid)
         .map(|pid| pid.as_raw_nonzero().get())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_child_that_inherited_the_lock_descriptor_does_not_hold_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lock = DirLock::acquire(dir.path(), true, Duration::ZERO).expect("lock");
+        assert_eq!(lock.hold(), Hold::Exclusive);
+        // What a child forked to run an action has until it execs: the
+        // lock file's descriptor. Here it keeps it across exec for good.
+        let fd = lock.writer.as_ref().expect("a descriptor").as_fd();
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).expect("clear CLOEXEC");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC).expect("set CLOEXEC");
+        drop(lock);
+
+        let relocked = DirLock::acquire(dir.path(), true, Duration::ZERO);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(relocked.expect("lock again").hold(), Hold::Exclusive);
+    }
+
+    #[test]
+    fn a_lock_this_process_holds_is_refused_at_once_and_free_once_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lock = DirLock::acquire(dir.path(), true, LOCK_WAIT).expect("lock");
+        match DirLock::acquire(dir.path(), true, LOCK_WAIT) {
+            Err(StoreError::Locked { path, holder }) => {
+                assert_eq!(path, dir.path().join(LOCK_FILE));
+                assert_eq!(holder, i32::try_from(std::process::id()).ok());
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        // The refused attempt closed nothing of the first lock's.
+        assert!(DirLock::acquire(dir.path(), true, Duration::ZERO).is_err());
+        drop(lock);
+        DirLock::acquire(dir.path(), true, Duration::ZERO).expect("free");
+    }
+}

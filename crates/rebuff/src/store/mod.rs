@@ -1282,6 +1282,358 @@ mod tests {
         assert!(store.needs_compaction());
     }
 
+    /// A small tmpfs mounted on a fresh directory for the life of the
+    /// value; `None`, after printing why, when it cannot be (not root, no
+    /// mount).
+    struct Tmpfs {
+        dir: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Option<Tmpfs> {
+            if !rustix::process::geteuid().is_root() {
+                eprintln!("skipped: mounting a tmpfs needs root");
+                return None;
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            let status = std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir.path())
+                .status();
+            if !status.as_ref().is_ok_and(|s| s.success()) {
+                eprintln!("skipped: cannot mount a tmpfs ({status:?})");
+                return None;
+            }
+            Some(Tmpfs { dir })
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        fn remount(&self, how: &str) {
+            let status = std::process::Command::new("mount")
+                .args(["-o", &format!("remount,{how}")])
+                .arg(self.path())
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "remount {how}");
+        }
+
+        /// Takes every free byte of the filesystem with a `filler` file.
+        fn fill(&self) -> PathBuf {
+            let path = self.path().join("filler");
+            let mut file = File::create(&path).expect("create filler");
+            let chunk = vec![0u8; 4096];
+            loop {
+                match file.write(&chunk) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+                        break;
+                    }
+                }
+            }
+            path
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.path())
+                .status();
+        }
+    }
+
+    /// Swaps the store's log descriptor for `path` opened for appending
+    /// (`/dev/full` fails every write, `/dev/null` every sync); returns the
+    /// real one.
+    fn swap_log(store: &mut Store, path: &str) -> Option<File> {
+        let file = OpenOptions::new().append(true).open(path).expect("open");
+        store.file.replace(file)
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_its_records_backs_off_and_writes_them_whole_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(dir.path());
+        let t0 = Instant::now();
+        store.append(&matched(&v, 1));
+        store.commit_at(true, t0).expect("commit");
+        let good = store.size();
+        append_all(&mut store, &[matched(&v, 2), triggered(&v, 3, false)]);
+        let real = swap_log(&mut store, "/dev/full").expect("a log");
+        assert!(store.commit_at(true, t0).is_err());
+        // Not retried before its time, and kept meanwhile.
+        store.append(&matched(&v, 4));
+        assert_eq!(
+            store.commit_at(false, t0 + FIRST_RETRY / 2).expect("wait"),
+            0
+        );
+        store.file = Some(real);
+        assert!(store.commit_at(false, t0 + FIRST_RETRY).expect("retry") > 0);
+        assert_eq!(store.size(), file_len(store.path()));
+        assert!(
+            !store.unsynced,
+            "the durable commit asked during the failure syncs"
+        );
+        assert_eq!(store.dropped_records(), 0);
+        assert!(good < store.size());
+        drop(store);
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[4], &[3])]);
+        assert_eq!(restored.records, 4);
+        assert_eq!(restored.dropped_tail_bytes, 0);
+    }
+
+    #[test]
+    fn retries_back_off_to_a_cap_and_a_success_resets_them() {
+        let mut retry = Retry::default();
+        let t0 = Instant::now();
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            retry.failed(t0);
+            delays.push(retry.at.expect("scheduled") - t0);
+        }
+        assert_eq!(delays[0], FIRST_RETRY);
+        assert_eq!(delays[1], 2 * FIRST_RETRY);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        assert_eq!(delays[7], MAX_RETRY);
+        assert!(!retry.due(t0 + MAX_RETRY / 2));
+        assert!(retry.due(t0 + MAX_RETRY));
+        assert_eq!(retry.succeeded(), 8);
+        assert!(retry.due(t0));
+    }
+
+    #[test]
+    fn a_partial_write_on_a_full_disk_is_cut_back_and_later_frames_follow_it() {
+        let Some(fs) = Tmpfs::mount("64k") else {
+            return;
+        };
+        let v = values(&["2001:db8::1"]);
+        let (mut store, _) = open(fs.path());
+        store.append(&matched(&v, 0));
+        store.commit(true).expect("commit");
+        let filler = fs.fill();
+        let t0 = Instant::now();
+        // More than the slack of the log's last page: part of it fits.
+        let records: Vec<Record<'_>> = (1..400).map(|t| matched(&v, t)).collect();
+        append_all(&mut store, &records);
+        let before = store.size();
+        let err = store.commit_at(true, t0).expect_err("the disk is full");
+        assert!(format!("{err}").contains("cannot write"), "{err}");
+        assert_eq!(file_len(store.path()), before, "no partial frame is left");
+
+        fs::remove_file(&filler).expect("free space");
+        store.append(&matched(&v, 400));
+        store
+            .commit_at(true, t0 + FIRST_RETRY)
+            .expect("commit once there is room");
+        assert_eq!(file_len(store.path()), store.size());
+        drop(store);
+        let (_store, restored) = open(fs.path());
+        let times: Vec<Time> = (0..=400).collect();
+        assert_eq!(restored.entries, vec![entry(&v, &times, &[])]);
+        assert_eq!(restored.dropped_tail_bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_sync_makes_the_log_stale_until_a_compaction_rewrites_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (values(&["1.1.1.1"]), values(&["2.2.2.2"]));
+        let (mut store, _) = open(dir.path());
+        let t0 = Instant::now();
+        store.append(&matched(&a, 1));
+        swap_log(&mut store, "/dev/null");
+        let err = store.commit_at(true, t0).expect_err("sync fails");
+        assert!(format!("{err}").contains("cannot sync"), "{err}");
+        // Appending after what may be a hole would hide the new frames.
+        store.append(&triggered(&b, 2, false));
+        assert_eq!(store.dropped_records(), 1);
+        assert_eq!(store.commit_at(true, t0 + MAX_RETRY).expect("nothing"), 0);
+        assert!(store.needs_compaction_at(t0));
+
+        let live = [triggered(&b, 2, false), matched(&a, 1)];
+        store.compact_at(live.into_iter(), t0).expect("compact");
+        assert!(!store.needs_compaction_at(t0));
+        store.append(&matched(&b, 3));
+        assert!(store.commit_at(true, t0).expect("appends again") > 0);
+        drop(store);
+        let (_store, restored) = open(dir.path());
+        assert_eq!(
+            restored.entries,
+            vec![entry(&b, &[3], &[2]), entry(&a, &[1], &[])]
+        );
+    }
+
+    #[test]
+    fn waiting_records_past_the_limit_are_dropped_and_the_compaction_writes_the_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = Store::open_with(dir.path(), 1024, Duration::ZERO).expect("open");
+        let t0 = Instant::now();
+        store.append(&matched(&v, 0));
+        swap_log(&mut store, "/dev/full");
+        assert!(store.commit_at(false, t0).is_err());
+        let mut time = 1;
+        while !store.stale {
+            store.append(&matched(&v, time));
+            time += 1;
+        }
+        assert!(store.buf.is_empty());
+        assert_eq!(store.dropped_records(), time);
+        assert!(store.needs_compaction_at(t0));
+
+        // The compaction writes a new file: the broken descriptor is gone.
+        let live = [matched(&v, time - 1)];
+        store.compact_at(live.into_iter(), t0).expect("compact");
+        drop(store);
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[time - 1], &[])]);
+    }
+
+    #[test]
+    fn a_failed_compaction_leaves_the_old_log_whole_in_use_and_current() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = Store::open_with(dir.path(), 1024, Duration::ZERO).expect("open");
+        let t0 = Instant::now();
+        store.append(&matched(&v, 1));
+        store.commit_at(true, t0).expect("commit");
+        // The temporary file cannot be made.
+        let tmp = dir.path().join(TMP_FILE);
+        fs::create_dir(&tmp).expect("mkdir");
+        store.append(&matched(&v, 2));
+        let live = [matched(&v, 1), matched(&v, 2)];
+        assert!(store.compact_at(live.into_iter(), t0).is_err());
+        // The buffered record went to the old log instead.
+        assert!(store.buf.is_empty());
+        assert_eq!(store.size(), file_len(store.path()));
+        store.append(&matched(&v, 3));
+        store.commit_at(true, t0).expect("appends go on");
+        while store.appended <= 1024 {
+            store.append(&matched(&v, 4));
+            store.commit_at(false, t0).expect("commit");
+        }
+        assert!(!store.needs_compaction_at(t0), "backing off");
+        assert!(store.needs_compaction_at(t0 + FIRST_RETRY));
+        drop(store);
+        fs::remove_dir(&tmp).expect("rmdir");
+
+        let (_store, restored) = open(dir.path());
+        assert_eq!(restored.entries[0].matches[..3], [1, 2, 3]);
+        assert_eq!(restored.dropped_tail_bytes, 0);
+    }
+
+    #[test]
+    fn a_read_only_state_is_restored_and_written_once_the_disk_is_writable() {
+        let Some(fs) = Tmpfs::mount("1m") else {
+            return;
+        };
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(fs.path());
+        append_all(&mut store, &[matched(&v, 1), triggered(&v, 2, false)]);
+        store.commit(true).expect("commit");
+        drop(store);
+        fs.remount("ro");
+
+        let (mut store, restored) = open(fs.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[], &[2])]);
+        assert_eq!(store.lock.hold(), Hold::Shared);
+        assert!(matches!(
+            Store::open(fs.path()),
+            Err(StoreError::Locked { .. })
+        ));
+        store.append(&matched(&v, 3));
+        assert_eq!(store.commit(true).expect("nothing to append to"), 0);
+        assert!(store.needs_compaction());
+        let live = || [triggered(&v, 2, false), matched(&v, 3)].into_iter();
+        let err = store.compact(live()).expect_err("read-only");
+        assert!(format!("{err:#}").contains("rebuff.lock"), "{err:#}");
+
+        fs.remount("rw");
+        store.compact(live()).expect("compact");
+        assert_eq!(store.lock.hold(), Hold::Exclusive);
+        store.append(&matched(&v, 4));
+        store.commit(true).expect("commit");
+        drop(store);
+        let (_store, restored) = open(fs.path());
+        assert_eq!(restored.entries, vec![entry(&v, &[3, 4], &[2])]);
+    }
+
+    #[test]
+    fn a_state_directory_that_cannot_be_created_opens_empty_and_is_made_later() {
+        let Some(fs) = Tmpfs::mount("1m") else {
+            return;
+        };
+        fs.remount("ro");
+        let state = fs.path().join("state");
+        let v = values(&["1.1.1.1"]);
+        let (mut store, restored) = open(&state);
+        assert_eq!(restored, Restored::default());
+        assert_eq!(store.lock.hold(), Hold::None);
+        let err = store
+            .compact([matched(&v, 1)].into_iter())
+            .expect_err("read-only");
+        assert!(format!("{err}").contains("create state directory"), "{err}");
+
+        fs.remount("rw");
+        store
+            .compact([matched(&v, 1)].into_iter())
+            .expect("compact");
+        assert!(matches!(
+            Store::open(&state),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(store);
+        let (_store, restored) = open(&state);
+        assert_eq!(restored.entries, vec![entry(&v, &[1], &[])]);
+    }
+
+    #[test]
+    fn a_full_disk_at_open_keeps_the_log_and_the_first_compaction_that_fits_rewrites_it() {
+        let Some(fs) = Tmpfs::mount("64k") else {
+            return;
+        };
+        let v = values(&["1.1.1.1"]);
+        let (mut store, _) = open(fs.path());
+        let records: Vec<Record<'_>> = (0..100).map(|t| matched(&v, t)).collect();
+        append_all(&mut store, &records);
+        store.commit(true).expect("commit");
+        drop(store);
+        let filler = fs.fill();
+
+        let (mut store, restored) = open(fs.path());
+        assert_eq!(restored.entries[0].matches.len(), 100);
+        let live = || (0..100).map(|t| matched(&v, t));
+        assert!(store.compact(live()).is_err());
+        assert!(!fs.path().join(TMP_FILE).exists());
+        drop(store);
+        let (mut store, restored) = open(fs.path());
+        assert_eq!(
+            restored.entries[0].matches.len(),
+            100,
+            "the old log is whole"
+        );
+
+        fs::remove_file(filler).expect("free space");
+        store.compact(live()).expect("compact");
+        drop(store);
+        let (_store, restored) = open(fs.path());
+        assert_eq!(restored.entries[0].matches.len(), 100);
+    }
+
     /// Content for a `rebuff.db`: raw bytes, a good header then raw bytes,
     /// or a good header then frames with valid CRCs around arbitrary
     /// payloads (so the payload decoder is exercised, not just the CRC).
