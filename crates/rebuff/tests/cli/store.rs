@@ -39,7 +39,9 @@ fn count_lines(path: &Path) -> usize {
 }
 
 /// A stream that floods matches, each running an action at once and one
-/// later: the daemon forks children all the time.
+/// later: the daemon forks children all the time, and every one holds the
+/// daemon's descriptors (state lock, control socket, metrics port) until
+/// it execs.
 const BUSY: &str = r#"
 state_directory: {dir}/state
 concurrency: 16
@@ -59,12 +61,14 @@ streams:
           unban:
             cmd: ['true']
             after: 1h
+metrics:
+  listen: 127.0.0.1:{port}
 "#;
 
 #[test]
 fn a_restart_right_after_a_sigkill_never_finds_the_state_in_use() {
     let site = Site::new();
-    site.config(BUSY);
+    site.config(&BUSY.replace("{port}", &free_port().to_string()));
     let actions = site.path("actions.log");
     let rounds = 40;
     let mut previous: Option<Child> = None;
