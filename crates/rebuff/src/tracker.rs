@@ -54,6 +54,9 @@ use crate::store::{Record, Restored, Store};
 /// that control requests and timers are not starved.
 const MAX_MESSAGES_PER_ROUND: usize = 256;
 
+/// How often an idle tracker retries a store that could not write.
+const STORE_RETRY_TICK: Duration = Duration::from_secs(1);
+
 /// A trigger of a jail whose actions have not all finished.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PendingTrigger {
@@ -408,7 +411,9 @@ impl Tracker {
     /// firewall) except `oneshot` ones, delayed actions that fell due while
     /// rebuff was down run after them, future ones are scheduled, and
     /// entries of filters that no longer exist are dropped. The store is
-    /// then compacted to the live state.
+    /// then compacted to the live state; a disk that cannot take it (full,
+    /// read-only) is logged and counted, and the daemon starts on the state
+    /// in memory.
     pub fn restore(&mut self, restored: Restored, now: Time) -> anyhow::Result<()> {
         let mut dropped: HashMap<(String, String), u64> = HashMap::new();
         for entry in restored.entries {
@@ -458,7 +463,7 @@ impl Tracker {
                 "the end of the state file was torn or corrupt and was dropped"
             );
         }
-        self.compact()?;
+        self.compact_or_log();
         let report = &self.report;
         tracing::info!(
             triggers = report.restored_triggers,
@@ -663,6 +668,12 @@ impl Tracker {
         let mut next_rotation = rotation.map(|every| Instant::now() + every);
         let mut control_open = true;
         loop {
+            // A store that failed to write is retried even when nothing
+            // else happens (its own backoff decides when it really tries).
+            let store_retry = self
+                .store
+                .has_backlog()
+                .then(|| Instant::now() + STORE_RETRY_TICK);
             let next_timer = self.timers.peek().map(|t| t.0.at);
             let timer_deadline = next_timer
                 .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
@@ -709,6 +720,9 @@ impl Tracker {
                     self.commit_or_log();
                     self.dispatch_ready();
                     break;
+                }
+                () = sleep_until_opt(store_retry), if store_retry.is_some() => {
+                    // The loop's tail retries the commit and the compaction.
                 }
                 () = sleep_until_opt(next_rotation), if next_rotation.is_some() => {
                     next_rotation = rotation.map(|every| Instant::now() + every);
@@ -1079,14 +1093,15 @@ impl Tracker {
         }
     }
 
-    /// A store that cannot be written (disk full, I/O error) must not stop
-    /// the bans: the error is logged and counted, the records stay buffered
-    /// for the next round, and actions run anyway.
+    /// A store that cannot be written (disk full or read-only, I/O error)
+    /// must not stop the bans: the error is logged and counted, the store
+    /// keeps what it could not write and retries later, the state in memory
+    /// is untouched, and actions run anyway.
     fn commit_or_log(&mut self) {
         if let Err(e) = self.commit() {
             self.report.store_errors += 1;
             self.metrics.store_error();
-            tracing::error!(error = %format!("{e:#}"), "state commit failed; actions run without persistence");
+            tracing::error!(error = %format!("{e:#}"), "state commit failed; actions run on, the state is kept in memory and written later");
         }
     }
 
@@ -1094,7 +1109,7 @@ impl Tracker {
         if let Err(e) = self.compact() {
             self.report.store_errors += 1;
             self.metrics.store_error();
-            tracing::error!(error = %format!("{e:#}"), "state compaction failed");
+            tracing::error!(error = %format!("{e:#}"), "state compaction failed; actions run on, the state is kept in memory and written later");
         }
     }
 
@@ -1997,5 +2012,36 @@ streams:
         );
         assert_eq!(tracker.show(&select("user")).expect("show"), json!({}));
         assert!(tracker.show(&select("(")).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_store_that_cannot_compact_at_restore_is_logged_and_the_state_kept() {
+        let ip = values("192.0.2.8");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, CONFIG).expect("write config");
+        let config = crate::config::load(&config_path).expect("valid config");
+        let state = dir.path().join("state");
+        {
+            let (mut store, _) = Store::open(&state).expect("open store");
+            store.append(&trigger_record(&ip, T0));
+            store.commit(true).expect("commit");
+        }
+        let (store, restored) = Store::open(&state).expect("reopen store");
+        // The compaction's temporary file cannot be made.
+        std::fs::create_dir(state.join("rebuff.db.tmp")).expect("mkdir");
+        let metrics = Arc::new(Metrics::new(&config));
+        let mut tracker = Tracker::new(TrackerDeps {
+            config: Arc::new(config),
+            store,
+            executor: Executor::new(1, None),
+            action_timeout: Duration::from_secs(1),
+            metrics,
+            reload_requests: None,
+        });
+        tracker.restore(restored, T0 + 60_000).expect("restore");
+        assert_eq!(tracker.report().store_errors, 1);
+        assert_eq!(take_ready(&mut tracker), vec!["ban 192.0.2.8"]);
+        assert_eq!(tracker.timers.len(), 1);
     }
 }

@@ -13,7 +13,7 @@
 //! `onexit` actions and commits the store, running actions finish, then the
 //! `stop` commands run and the control socket is removed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -44,6 +44,13 @@ const MATCH_CHANNEL: usize = 256;
 const CONTROL_CHANNEL: usize = 64;
 /// Scrapes waiting for the tracker's pending actions.
 const SCRAPE_CHANNEL: usize = 8;
+/// How long a start waits for a control socket that still answers or a
+/// metrics port still bound. The children a daemon had just forked when it
+/// was SIGKILLed hold its descriptors until they exec, and on a loaded
+/// machine that lasts long enough for a restart to find them. (The store
+/// waits for the state lock the same way.)
+const HELD_WAIT: Duration = Duration::from_secs(5);
+const HELD_POLL: Duration = Duration::from_millis(20);
 /// How long a scrape waits for the tracker before it fails with a 500.
 const SCRAPE_TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,14 +89,19 @@ pub fn run(config: Config, options: StartOptions) -> anyhow::Result<Exit> {
 async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result<Exit> {
     let started = std::time::Instant::now();
     // Before any state is written: a socket we cannot create stops us here.
-    control::server::check(&options.socket)?;
+    // One still answered on may belong to a daemon killed a moment ago whose
+    // children have not exec'd yet: the bind below waits for it.
+    match control::server::check(&options.socket) {
+        Ok(()) | Err(control::server::BindError::InUse { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
     let (store, restored) = Store::open(&config.state_directory).with_context(|| {
         format!(
             "cannot open the state in {}",
             config.state_directory.display()
         )
     })?;
-    let listener = control::server::bind(&options.socket)?;
+    let listener = bind_control(&options.socket).await?;
     let metrics = Arc::new(Metrics::new(&config));
     // Bound before the start commands run, so a taken port or a bad
     // web-config file stops the daemon before it changes the firewall.
@@ -288,6 +300,29 @@ async fn stop_streams(handles: &[StreamHandle], tasks: Vec<tokio::task::JoinHand
     }
 }
 
+/// Binds the control socket, waiting up to [`HELD_WAIT`] while it answers.
+async fn bind_control(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    let deadline = tokio::time::Instant::now() + HELD_WAIT;
+    loop {
+        match control::server::bind(path) {
+            Err(control::server::BindError::InUse { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(HELD_POLL).await;
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+fn addr_in_use(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    })
+}
+
 /// Binds the metrics endpoint and reads its web-config file.
 async fn bind_endpoint(
     section: &MetricsConfig,
@@ -296,7 +331,16 @@ async fn bind_endpoint(
         Some(path) => Some(WebConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
-    let listener = http::bind(&section.listen.to_string()).await?;
+    let listen = section.listen.to_string();
+    let deadline = tokio::time::Instant::now() + HELD_WAIT;
+    let listener = loop {
+        match http::bind(&listen).await {
+            Err(e) if addr_in_use(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(HELD_POLL).await;
+            }
+            result => break result?,
+        }
+    };
     tracing::info!(listen = %section.listen, tls = web.as_ref().is_some_and(|w| w.tls_acceptor().is_some()), "metrics endpoint listening");
     Ok((listener, web))
 }

@@ -11,6 +11,7 @@ mod ordering;
 mod reload;
 mod replay;
 mod socket;
+mod store;
 mod tools;
 mod tsdb;
 
