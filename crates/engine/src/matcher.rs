@@ -10,6 +10,7 @@
 //! pattern order: pattern names sorted, as reaction's tooling expects.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
@@ -17,7 +18,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 
 use crate::Values;
-use crate::pattern::{IgnoreReason, Patterns};
+use crate::pattern::{IgnoreReason, Patterns, RegexError, build_regex};
 
 /// A filter of a stream, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,12 +49,14 @@ pub enum MatcherError {
         first: Vec<String>,
         other: Vec<String>,
     },
-    #[error("regex #{index} of filter '{filter}' is invalid: {message}")]
+    #[error("regex #{index} of filter '{filter}' is invalid: {error}")]
     Regex {
         filter: String,
         index: usize,
-        message: String,
+        error: RegexError,
     },
+    #[error("the regexes of this stream's filters are too large together: {message}")]
+    TooLarge { message: String },
 }
 
 /// A value an ignore rule dropped, and which rule.
@@ -83,6 +86,58 @@ pub struct ExpandedRegex {
     pub groups: Vec<(String, usize)>,
     /// The pattern names used, sorted and deduplicated.
     pub names: Vec<String>,
+    /// The regex as written.
+    pub source: String,
+    /// Where each placeholder went: its span in `regex`, its span in `source`.
+    pub placeholder_spans: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl ExpandedRegex {
+    /// Maps a byte span of the expanded regex back to the text as written.
+    /// A span that starts inside a placeholder's expansion becomes the
+    /// whole placeholder: the user wrote `<name>`, not what it stands for.
+    pub fn source_span(&self, span: Range<usize>) -> Range<usize> {
+        let to_source = |offset: usize, is_end: bool| {
+            let mut shift = (0usize, 0usize);
+            for (expanded, source) in &self.placeholder_spans {
+                let inside = if is_end {
+                    offset > expanded.start && offset <= expanded.end
+                } else {
+                    offset >= expanded.start && offset < expanded.end
+                };
+                if inside {
+                    return Err(source.clone());
+                }
+                let before = if is_end {
+                    offset <= expanded.start
+                } else {
+                    offset < expanded.start
+                };
+                if before {
+                    break;
+                }
+                shift = (expanded.end, source.end);
+            }
+            Ok((offset - shift.0 + shift.1).min(self.source.len()))
+        };
+        match to_source(span.start, false) {
+            Err(placeholder) => placeholder,
+            Ok(start) => match to_source(span.end.max(span.start), true) {
+                Err(placeholder) => start..placeholder.end,
+                Ok(end) => start..end,
+            },
+        }
+    }
+
+    /// Compiles the expanded regex as the matcher does; an error is told in
+    /// the text as written.
+    pub fn check(&self) -> Result<(), RegexError> {
+        build_regex(&self.regex, |e| self.error(e)).map(drop)
+    }
+
+    fn error(&self, error: &meta::BuildError) -> RegexError {
+        RegexError::from_build(&self.source, error, |span| self.source_span(span))
+    }
 }
 
 /// Finds the `<word>` placeholders of `text`. Named groups `(?P<x>` and
@@ -126,12 +181,15 @@ pub fn expand(text: &str, patterns: &Patterns) -> Result<ExpandedRegex, String> 
     let mut regex = String::with_capacity(text.len() + 64);
     let mut groups = Vec::new();
     let mut names = BTreeSet::new();
+    let mut placeholder_spans = Vec::new();
     let mut last = 0;
     for (range, name) in placeholders(text) {
         let (index, pattern) = patterns.get(name).ok_or_else(|| name.to_owned())?;
         let group = format!("rebuff_{}", groups.len());
         regex.push_str(&text[last..range.start]);
+        let start = regex.len();
         regex.push_str(&format!("(?P<{group}>{})", pattern.regex()));
+        placeholder_spans.push((start..regex.len(), range.clone()));
         groups.push((group, index));
         names.insert(name.to_owned());
         last = range.end;
@@ -141,6 +199,8 @@ pub fn expand(text: &str, patterns: &Patterns) -> Result<ExpandedRegex, String> 
         regex,
         groups,
         names: names.into_iter().collect(),
+        source: text.to_owned(),
+        placeholder_spans,
     })
 }
 
@@ -413,15 +473,13 @@ impl StreamMatcher {
 
         let mut regexes = Vec::with_capacity(expanded_all.len());
         for (filter_index, i, expanded) in &expanded_all {
-            let regex = Regex::builder()
-                .syntax(syntax_config())
-                .configure(Regex::config().nfa_size_limit(Some(64 << 20)))
-                .build(&expanded.regex)
-                .map_err(|e| MatcherError::Regex {
+            let regex = build_regex(&expanded.regex, |e| expanded.error(e)).map_err(|error| {
+                MatcherError::Regex {
                     filter: filters[*filter_index].name.clone(),
                     index: i + 1,
-                    message: e.to_string(),
-                })?;
+                    error,
+                }
+            })?;
             let info = &infos[*filter_index];
             let slots = group_slots(&regex, expanded, info);
             let tail = fast.then(|| tail_capture(expanded, info)).flatten();
@@ -448,10 +506,10 @@ impl StreamMatcher {
                     .nfa_size_limit(Some(256 << 20)),
             )
             .build_many(&sources)
-            .map_err(|e| MatcherError::Regex {
-                filter: filters.first().map(|f| f.name.clone()).unwrap_or_default(),
-                index: 0,
-                message: e.to_string(),
+            .map_err(|e| MatcherError::TooLarge {
+                // Each regex compiled alone, so only the size is left.
+                message: std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |source| source.to_string()),
             })?;
 
         Ok(StreamMatcher {

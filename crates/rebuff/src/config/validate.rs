@@ -18,7 +18,8 @@ use ipnet::IpNet;
 use rebuff_engine::matcher::{expand, placeholders};
 use rebuff_engine::{
     ActionSpec, DuplicatePolicy, FilterPlan, FilterSpec, IpOnly, Pattern, PatternError,
-    PatternKind, PatternSpec, Patterns, StreamMatcher, parse_duration,
+    PatternKind, PatternSpec, Patterns, StreamMatcher, check_regex, parse_duration,
+    whole_value_regex,
 };
 
 use super::tree::{Key, Loc, Node, Value};
@@ -420,24 +421,27 @@ impl Checker {
         self.known_keys(entries, path, PATTERN_KEYS);
         let errors_before = self.errors.len();
 
+        // `None` when the type is invalid (reported): then nothing that
+        // depends on the type is checked, so one mistake is one error.
         let kind = match get(entries, "type") {
-            None => PatternKind::Regex,
+            None => Some(PatternKind::Regex),
             Some(node) => match self.string(node, &join(path, "type")).as_deref() {
-                Some("regex") => PatternKind::Regex,
-                Some("ip") => PatternKind::Ip,
-                Some("ipv4") => PatternKind::Ipv4,
-                Some("ipv6") => PatternKind::Ipv6,
+                Some("regex") => Some(PatternKind::Regex),
+                Some("ip") => Some(PatternKind::Ip),
+                Some("ipv4") => Some(PatternKind::Ipv4),
+                Some("ipv6") => Some(PatternKind::Ipv6),
                 Some(other) => {
                     self.error(
                         &node.loc,
                         &join(path, "type"),
                         format!("unknown pattern type '{other}' (accepted: regex, ip, ipv4, ipv6)"),
                     );
-                    PatternKind::Regex
+                    None
                 }
-                None => PatternKind::Regex,
+                None => None,
             },
         };
+        let kind = kind?;
         let regex = get(entries, "regex").and_then(|n| self.string(n, &join(path, "regex")));
         if kind.is_ip()
             && let (Some(_), Some(loc)) = (&regex, key_loc(entries, "regex"))
@@ -457,7 +461,7 @@ impl Checker {
         }
         if let (Some(re), Some(node)) = (&regex, get(entries, "regex"))
             && kind == PatternKind::Regex
-            && let Err(e) = regex::Regex::new(re)
+            && let Err(e) = check_regex(re)
         {
             self.error(
                 &node.loc,
@@ -472,7 +476,7 @@ impl Checker {
             && let Value::Seq(items) = &node.value
         {
             for (i, (re, item)) in ignore_regex.iter().zip(items).enumerate() {
-                if let Err(e) = regex::Regex::new(re) {
+                if let Err(e) = whole_value_regex(re) {
                     self.error(
                         &item.loc,
                         &format!("{path}.ignoreregex[{i}]"),
@@ -876,7 +880,9 @@ impl Checker {
             }
         }
 
-        if self.errors.len() > errors_before {
+        // Without valid regexes (`names` is None) the filter cannot be
+        // compiled; its error, or its broken pattern's, is already reported.
+        if self.errors.len() > errors_before || names.is_none() {
             return None;
         }
         let regexes = self
@@ -973,7 +979,7 @@ impl Checker {
                     continue;
                 }
             };
-            if let Err(e) = regex::Regex::new(&expanded.regex) {
+            if let Err(e) = expanded.check() {
                 self.error(&item.loc, &item_path, format!("invalid regex: {e}"));
                 ok = false;
                 continue;
@@ -1048,7 +1054,6 @@ impl Checker {
         filter: &FilterContext<'_>,
     ) -> Option<(ActionSpec, Action)> {
         let regexes_valid = filter.names.is_some();
-        let filter_patterns = filter.names.unwrap_or(&[]);
         let (ip_slot, patterns) = (filter.ip_slot, filter.patterns);
         let entries = self.map(def, path, "an action (a map with 'cmd')")?;
         self.known_keys(entries, path, ACTION_KEYS);
@@ -1056,7 +1061,7 @@ impl Checker {
         self.plugin_type(entries, path, "cmd", "action");
 
         let cmd = match get(entries, "cmd") {
-            Some(node) => self.action_cmd(node, &join(path, "cmd"), filter_patterns, patterns),
+            Some(node) => self.action_cmd(node, &join(path, "cmd"), filter.names, patterns),
             None => {
                 self.error(&def.loc, path, "an action needs a 'cmd'");
                 None
@@ -1140,13 +1145,17 @@ impl Checker {
     /// Compiles an action's argv. `<name>` of a pattern the filter captures
     /// becomes a hole; `<name>` of a pattern the filter does not capture is
     /// an error (it could never be filled); other `<...>` text is literal.
+    /// `filter_patterns` is `None` when the filter's regexes are invalid:
+    /// what they capture is unknown, so nothing is blamed on the action.
     fn action_cmd(
         &mut self,
         node: &Node,
         path: &str,
-        filter_patterns: &[String],
+        filter_patterns: Option<&[String]>,
         patterns: &Patterns,
     ) -> Option<Vec<ArgTemplate>> {
+        let regexes_valid = filter_patterns.is_some();
+        let filter_patterns = filter_patterns.unwrap_or(&[]);
         let argv = self.command(node, path)?;
         let Value::Seq(items) = &node.value else {
             return None;
@@ -1163,7 +1172,7 @@ impl Checker {
                     }
                     parts.push(ArgPart::Value(slot));
                     last = range.end;
-                } else if patterns.get(word).is_some() {
+                } else if regexes_valid && patterns.get(word).is_some() {
                     let captured: BTreeSet<&str> =
                         filter_patterns.iter().map(String::as_str).collect();
                     self.error(
