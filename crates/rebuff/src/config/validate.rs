@@ -406,7 +406,7 @@ impl Checker {
                 );
                 continue;
             }
-            match self.pattern(&key.name, def, &path) {
+            match self.pattern(key, def, &path) {
                 Some(pattern) => compiled.push(pattern),
                 None => {
                     self.broken_patterns.insert(key.name.clone());
@@ -416,7 +416,10 @@ impl Checker {
         Patterns::new(compiled)
     }
 
-    fn pattern(&mut self, name: &str, def: &Node, path: &str) -> Option<Pattern> {
+    /// `key` is the pattern's name as written: errors about a key missing
+    /// from the pattern point at it.
+    fn pattern(&mut self, key: &Key, def: &Node, path: &str) -> Option<Pattern> {
+        let name = key.name.as_str();
         let entries = self.map(def, path, "a pattern (a map with 'regex' or 'type')")?;
         self.known_keys(entries, path, PATTERN_KEYS);
         let errors_before = self.errors.len();
@@ -454,7 +457,7 @@ impl Checker {
         }
         if kind == PatternKind::Regex && regex.is_none() && get(entries, "regex").is_none() {
             self.error(
-                &def.loc,
+                &key.loc,
                 path,
                 "a pattern needs a 'regex', or a 'type' among ip, ipv4, ipv6",
             );
@@ -505,7 +508,7 @@ impl Checker {
         match Pattern::compile(spec) {
             Ok(pattern) => Some(pattern),
             Err(e) => {
-                let key = match &e {
+                let at = match &e {
                     PatternError::MissingRegex => None,
                     PatternError::Regex(_) => Some("regex"),
                     PatternError::IgnoreRegex(_) => Some("ignoreregex"),
@@ -513,11 +516,11 @@ impl Checker {
                         Some(*key)
                     }
                 };
-                let loc = key
+                let loc = at
                     .and_then(|k| key_loc(entries, k))
-                    .unwrap_or(&def.loc)
+                    .unwrap_or(&key.loc)
                     .clone();
-                let path = key.map_or_else(|| path.to_owned(), |k| join(path, k));
+                let path = at.map_or_else(|| path.to_owned(), |k| join(path, k));
                 self.error(&loc, &path, e.to_string());
                 None
             }
@@ -537,8 +540,9 @@ impl Checker {
         };
         let key_path = join(path, "ignorecidr");
         if !kind.is_ip() {
+            let loc = key_loc(entries, "ignorecidr").unwrap_or(&node.loc).clone();
             self.error(
-                &node.loc,
+                &loc,
                 &key_path,
                 "ignorecidr is only allowed on patterns of type ip, ipv4 or ipv6",
             );
@@ -584,8 +588,9 @@ impl Checker {
             } else {
                 "ip or ipv6"
             };
+            let loc = key_loc(entries, key).unwrap_or(&node.loc).clone();
             self.error(
-                &node.loc,
+                &loc,
                 &key_path,
                 format!(
                     "{key} is only allowed on patterns of type {allowed}, not on type {}",
@@ -619,7 +624,7 @@ impl Checker {
                 Some(n) => {
                     self.string(n, &join(&path, "path"));
                 }
-                None => self.error(&def.loc, &path, "a plugin needs a 'path'"),
+                None => self.error(&key.loc, &path, "a plugin needs a 'path'"),
             }
             for flag in ["check_root", "systemd"] {
                 if let Some(n) = get(entries, flag) {
@@ -700,20 +705,15 @@ impl Checker {
                 );
                 continue;
             }
-            if let Some(stream) = self.stream(&key.name, def, &path, patterns) {
+            if let Some(stream) = self.stream(key, def, &path, patterns) {
                 streams.push(stream);
             }
         }
         streams
     }
 
-    fn stream(
-        &mut self,
-        name: &str,
-        def: &Node,
-        path: &str,
-        patterns: &Patterns,
-    ) -> Option<Stream> {
+    fn stream(&mut self, key: &Key, def: &Node, path: &str, patterns: &Patterns) -> Option<Stream> {
+        let name = key.name.as_str();
         let entries = self.map(def, path, "a stream (a map with 'cmd' and 'filters')")?;
         self.known_keys(entries, path, STREAM_KEYS);
         let errors_before = self.errors.len();
@@ -721,7 +721,7 @@ impl Checker {
         let cmd = match get(entries, "cmd") {
             Some(n) => self.command(n, &join(path, "cmd")),
             None => {
-                self.error(&def.loc, path, "a stream needs a 'cmd'");
+                self.error(&key.loc, path, "a stream needs a 'cmd'");
                 None
             }
         };
@@ -729,7 +729,7 @@ impl Checker {
         let mut specs = Vec::new();
         match get(entries, "filters") {
             None => self.error(
-                &def.loc,
+                &key.loc,
                 path,
                 "a stream needs at least one filter in 'filters'",
             ),
@@ -745,18 +745,17 @@ impl Checker {
                             "a stream needs at least one filter",
                         );
                     }
-                    for (key, fdef) in defs {
-                        let fpath = join(&filters_path, &key.name);
-                        if key.name.is_empty() || key.name.contains('.') {
+                    for (fkey, fdef) in defs {
+                        let fpath = join(&filters_path, &fkey.name);
+                        if fkey.name.is_empty() || fkey.name.contains('.') {
                             self.error(
-                                &key.loc,
+                                &fkey.loc,
                                 &fpath,
                                 "a filter name must be non-empty and contain no '.' (the CLI writes STREAM.FILTER)",
                             );
                             continue;
                         }
-                        if let Some((spec, filter)) = self.filter(&key.name, fdef, &fpath, patterns)
-                        {
+                        if let Some((spec, filter)) = self.filter(fkey, fdef, &fpath, patterns) {
                             specs.push(spec);
                             filters.push(filter);
                         }
@@ -775,7 +774,7 @@ impl Checker {
                 filters,
             }),
             Err(e) => {
-                self.error(&def.loc, path, e.to_string());
+                self.error(&key.loc, path, e.to_string());
                 None
             }
         }
@@ -783,11 +782,12 @@ impl Checker {
 
     fn filter(
         &mut self,
-        name: &str,
+        key: &Key,
         def: &Node,
         path: &str,
         patterns: &Patterns,
     ) -> Option<(FilterSpec, Filter)> {
+        let name = key.name.as_str();
         let entries = self.map(def, path, "a filter (a map with 'regex' and 'actions')")?;
         self.known_keys(entries, path, FILTER_KEYS);
         let errors_before = self.errors.len();
@@ -816,19 +816,19 @@ impl Checker {
             );
         }
 
-        let names = self.filter_regexes(entries, def, path, patterns);
+        let names = self.filter_regexes(entries, key, path, patterns);
 
         let retry = get(entries, "retry").and_then(|n| self.int(n, &join(path, "retry")));
         let period =
             get(entries, "retryperiod").and_then(|n| self.duration(n, &join(path, "retryperiod")));
-        match (get(entries, "retry"), get(entries, "retryperiod")) {
-            (Some(node), None) => self.error(
-                &node.loc,
+        match (key_loc(entries, "retry"), key_loc(entries, "retryperiod")) {
+            (Some(loc), None) => self.error(
+                loc,
                 &join(path, "retry"),
                 "retry must come with retryperiod (how long a match counts)",
             ),
-            (None, Some(node)) => self.error(
-                &node.loc,
+            (None, Some(loc)) => self.error(
+                loc,
                 &join(path, "retryperiod"),
                 "retryperiod must come with retry (how many matches trigger)",
             ),
@@ -863,16 +863,14 @@ impl Checker {
         if let Some(node) = get(entries, "actions") {
             let apath = join(path, "actions");
             if let Some(defs) = self.map(node, &apath, "a map of action names to actions") {
-                for (key, adef) in defs {
-                    let action_path = join(&apath, &key.name);
+                for (akey, adef) in defs {
+                    let action_path = join(&apath, &akey.name);
                     let context = FilterContext {
                         names: names.as_deref(),
                         ip_slot,
                         patterns,
                     };
-                    if let Some((spec, action)) =
-                        self.action(&key.name, adef, &action_path, &context)
-                    {
+                    if let Some((spec, action)) = self.action(akey, adef, &action_path, &context) {
                         action_specs.push(spec);
                         actions.push(action);
                     }
@@ -915,13 +913,13 @@ impl Checker {
     fn filter_regexes(
         &mut self,
         entries: &Entries,
-        def: &Node,
+        filter: &Key,
         path: &str,
         patterns: &Patterns,
     ) -> Option<Vec<String>> {
         let rpath = join(path, "regex");
         let Some(node) = get(entries, "regex") else {
-            self.error(&def.loc, path, "a filter needs a 'regex' list");
+            self.error(&filter.loc, path, "a filter needs a 'regex' list");
             return None;
         };
         let items = self.strings(node, &rpath)?;
@@ -1021,8 +1019,9 @@ impl Checker {
             (Some(n), None) => ("duplicate", n),
             (None, Some(n)) => ("duplicates", n),
             (Some(_), Some(n)) => {
+                let loc = key_loc(entries, "duplicates").unwrap_or(&n.loc).clone();
                 self.error(
-                    &n.loc,
+                    &loc,
                     &join(path, "duplicates"),
                     "'duplicate' and its alias 'duplicates' are both set; keep one",
                 );
@@ -1048,11 +1047,12 @@ impl Checker {
 
     fn action(
         &mut self,
-        name: &str,
+        key: &Key,
         def: &Node,
         path: &str,
         filter: &FilterContext<'_>,
     ) -> Option<(ActionSpec, Action)> {
+        let name = key.name.as_str();
         let regexes_valid = filter.names.is_some();
         let (ip_slot, patterns) = (filter.ip_slot, filter.patterns);
         let entries = self.map(def, path, "an action (a map with 'cmd')")?;
@@ -1063,7 +1063,7 @@ impl Checker {
         let cmd = match get(entries, "cmd") {
             Some(node) => self.action_cmd(node, &join(path, "cmd"), filter.names, patterns),
             None => {
-                self.error(&def.loc, path, "an action needs a 'cmd'");
+                self.error(&key.loc, path, "an action needs a 'cmd'");
                 None
             }
         };
@@ -1106,14 +1106,14 @@ impl Checker {
                 "ipv4only and ipv6only exclude each other; an action with both would never run",
             );
         }
-        for (set, key) in [(v4, "ipv4only"), (v6, "ipv6only")] {
+        for (set, flag) in [(v4, "ipv4only"), (v6, "ipv6only")] {
             if set && ip_slot.is_none() && regexes_valid {
-                let loc = key_loc(entries, key).unwrap_or(&def.loc).clone();
+                let loc = key_loc(entries, flag).unwrap_or(&def.loc).clone();
                 self.error(
                     &loc,
-                    &join(path, key),
+                    &join(path, flag),
                     format!(
-                        "{key} needs a pattern of type ip, ipv4 or ipv6 in the filter's regexes"
+                        "{flag} needs a pattern of type ip, ipv4 or ipv6 in the filter's regexes"
                     ),
                 );
             }
