@@ -778,6 +778,60 @@ mod tests {
         assert_eq!(m.filter_pattern_names(0), vec!["ip", "user"]);
     }
 
+    /// The error of compiling `text` alone, shown as users see it.
+    fn shown_error(text: &str) -> String {
+        match StreamMatcher::new(&patterns(), &[filter("f", &[text])]) {
+            Err(MatcherError::Regex { error, .. }) => error.to_string(),
+            other => panic!("not a regex error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_regex_error_is_told_in_the_text_as_written() {
+        assert_eq!(
+            shown_error("from <ip> port (<user>"),
+            "unclosed group\n    from <ip> port (<user>\n                   ^"
+        );
+        assert_eq!(
+            shown_error("x <user>|*"),
+            "repetition operator missing expression\n    x <user>|*\n             ^"
+        );
+        // Before any placeholder, offsets are unchanged.
+        assert_eq!(
+            shown_error("[z-a] <ip>"),
+            "invalid character class range, the start must be <= the end\n    [z-a] <ip>\n     ^^^"
+        );
+    }
+
+    #[test]
+    fn a_regex_error_inside_an_expansion_points_at_the_placeholder() {
+        let named = Patterns::new(vec![
+            Pattern::compile(PatternSpec::regex("user", "(?P<u>[a-z]+)")).expect("user"),
+        ]);
+        let error = match StreamMatcher::new(&named, &[filter("f", &["<user> <user>"])]) {
+            Err(MatcherError::Regex { error, .. }) => error,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(error.reason, "duplicate capture group name");
+        assert_eq!(error.span, Some(7..13));
+        assert_eq!(error.regex, "<user> <user>");
+    }
+
+    #[test]
+    fn expanded_spans_map_back_around_and_onto_placeholders() {
+        let e = expand("a <user> b <ip> c", &patterns()).expect("expands");
+        let user = e.placeholder_spans[0].0.clone();
+        let ip = e.placeholder_spans[1].0.clone();
+        assert_eq!(e.source_span(0..1), 0..1);
+        assert_eq!(e.source_span(user.start..user.start + 1), 2..8);
+        assert_eq!(e.source_span(user.end - 1..user.end), 2..8);
+        assert_eq!(e.source_span(user.end..user.end + 3), 8..11);
+        assert_eq!(e.source_span(ip.start + 3..ip.end), 11..15);
+        assert_eq!(e.source_span(ip.end + 1..ip.end + 2), 16..17);
+        // A span reaching into a placeholder ends with it.
+        assert_eq!(e.source_span(user.end + 1..ip.start + 2), 9..15);
+    }
+
     #[test]
     fn only_the_first_matching_regex_of_a_filter_counts() {
         let m = StreamMatcher::new(&patterns(), &[filter("f", &["from <ip>", "<ip> port"])])
@@ -900,6 +954,31 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever is wrong with a regex, its error lies in the text as
+        /// written and never shows the expansion.
+        #[test]
+        fn regex_errors_stay_inside_the_text_as_written(
+            pieces in prop::collection::vec(
+                prop::sample::select(vec![
+                    "<ip>", "<user>", "(", ")", "[", "]", "*", "+", "?", "{2,1}", "\\", "a",
+                    "é", "\t", "\n", "(?x)", "|", "\\p{Nope}", "(?P<rebuff_0>x)",
+                ]),
+                0..12,
+            ),
+        ) {
+            let text: String = pieces.concat();
+            if let Err(MatcherError::Regex { error, .. }) =
+                StreamMatcher::new(&patterns(), &[filter("f", &[&text])])
+            {
+                prop_assert_eq!(&error.regex, &text);
+                if let Some(span) = &error.span {
+                    prop_assert!(span.start <= span.end && span.end <= text.len(), "{:?}", span);
+                }
+                let shown = error.to_string();
+                prop_assert!(!shown.contains("0-9a-fA-F"), "{}", shown);
+            }
+        }
+
         #[test]
         fn fast_paths_capture_exactly_what_the_full_regex_captures(
             shape in prop::sample::select(SHAPES.to_vec()),

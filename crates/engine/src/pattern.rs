@@ -704,6 +704,81 @@ mod tests {
     }
 
     #[test]
+    fn a_regex_error_shows_the_reason_and_a_caret_on_the_faulty_line() {
+        let e = check_regex("a(b").expect_err("unclosed");
+        assert_eq!(e.to_string(), "unclosed group\n    a(b\n     ^");
+        // A verbose regex over several lines: only the faulty one is shown,
+        // and a tab before the fault is kept so the caret lines up.
+        let e = check_regex("(?x)\n  ok\n\tb{3,1}\n  more").expect_err("range");
+        assert_eq!(
+            e.to_string(),
+            "invalid repetition count range, the start must be <= the end\n    \tb{3,1}\n    \t ^^^^^"
+        );
+        // No span: the reason alone.
+        let too_big = RegexError {
+            regex: "x".into(),
+            reason: "too big".into(),
+            span: None,
+        };
+        assert_eq!(too_big.to_string(), "too big");
+    }
+
+    #[test]
+    fn a_whole_value_regex_error_does_not_show_the_anchoring() {
+        let e = whole_value_regex("192.0.2.(1").expect_err("unclosed");
+        assert_eq!(
+            e.to_string(),
+            "unclosed group\n    192.0.2.(1\n            ^"
+        );
+        let e = whole_value_regex("a)").expect_err("unopened");
+        assert_eq!(e.span, Some(1..2));
+        assert!(!e.to_string().contains("(?:"), "{e}");
+        let re = whole_value_regex("a|b").expect("valid");
+        assert!(re.is_match("b") && !re.is_match("ab"));
+    }
+
+    #[test]
+    fn a_given_value_must_be_what_the_pattern_could_capture() {
+        let user = Pattern::compile(PatternSpec {
+            ignore: vec!["nobody".into()],
+            ..PatternSpec::regex("user", "\\w+")
+        })
+        .expect("compiles");
+        assert_eq!(user.accept_given("root"), Ok("root".into()));
+        let problem = |p: &Pattern, v: &str| p.accept_given(v).expect_err(v).problem;
+        assert_eq!(problem(&user, "ro\0ot"), ValueProblem::Nul);
+        assert_eq!(
+            problem(&user, "root\nx"),
+            ValueProblem::NoMatch("\\w+".into())
+        );
+        assert_eq!(
+            problem(&user, "nobody"),
+            ValueProblem::Ignored(IgnoreReason::List)
+        );
+        assert_eq!(
+            user.accept_given("root x").expect_err("space").to_string(),
+            "user=\"root x\" does not match the pattern's regex '\\w+' as a whole"
+        );
+        // Even a regex that would take a NUL cannot hand one to a command.
+        let any = Pattern::compile(PatternSpec::regex("any", ".+")).expect("compiles");
+        assert_eq!(problem(&any, "a\0"), ValueProblem::Nul);
+
+        let ip = ip_pattern(PatternKind::Ipv4);
+        assert_eq!(ip.accept_given("192.0.2.1"), Ok("192.0.2.1".into()));
+        for bad in ["192.0.2.1\n", "192.0.2.300", "2001:db8::1", " 192.0.2.1"] {
+            assert_eq!(
+                problem(&ip, bad),
+                ValueProblem::NotAnIp(PatternKind::Ipv4),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            ip_pattern(PatternKind::Ip).accept_given("::ffff:192.0.2.1"),
+            Ok("192.0.2.1".into())
+        );
+    }
+
+    #[test]
     fn builtin_ip_regex_finds_whole_addresses() {
         let re = regex::Regex::new(&format!(
             "from ({}) port",
@@ -760,6 +835,17 @@ mod tests {
             if let Ok(pattern) = Pattern::compile(spec) {
                 let _ = pattern.accept("192.0.2.1");
                 let _ = pattern.accept(&regex);
+            }
+        }
+
+        /// `trigger` refuses nothing a log line could have brought.
+        #[test]
+        fn any_address_given_by_hand_is_accepted_as_if_captured(raw: [u16; 8], v4: [u8; 4]) {
+            let ip = ip_pattern(PatternKind::Ip);
+            for text in [std::net::Ipv6Addr::from(raw).to_string(), std::net::Ipv4Addr::from(v4).to_string()] {
+                let given = ip.accept_given(&text);
+                prop_assert!(given.is_ok(), "{:?}", given);
+                prop_assert_eq!(given.ok(), ip.accept(&text).ok());
             }
         }
 
