@@ -123,6 +123,9 @@ struct Checker {
     /// Pattern names that are defined but invalid: their errors are already
     /// reported, so filters using them are skipped rather than blamed.
     broken_patterns: BTreeSet<String>,
+    /// The `patterns` section is not a map (reported): which names it
+    /// defines is unknown, so no placeholder is blamed for naming none.
+    patterns_unreadable: bool,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -392,6 +395,7 @@ impl Checker {
             return Patterns::default();
         };
         let Some(defs) = self.map(node, "patterns", "a map of pattern names to patterns") else {
+            self.patterns_unreadable = true;
             return Patterns::default();
         };
         let _ = root;
@@ -946,6 +950,10 @@ impl Checker {
             let broken = &self.broken_patterns;
             let defined_or_broken = |n: &&str| !broken.contains(*n);
             let unknown: Vec<&str> = unknown.into_iter().filter(defined_or_broken).collect();
+            if !unknown.is_empty() && self.patterns_unreadable {
+                ok = false;
+                continue;
+            }
             if !unknown.is_empty() {
                 let defined: BTreeSet<&str> = patterns
                     .iter()

@@ -735,3 +735,30 @@ fn a_missing_key_is_reported_at_the_key_of_what_lacks_it() {
         assert!(err.contains(expected), "{expected:?} in:\n{err}");
     }
 }
+
+#[test]
+fn a_patterns_section_that_is_not_a_map_is_one_error() {
+    let err = rejection(
+        "c.yml",
+        "patterns:\n  - ip\nstreams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n        regex: ['from <ip>']\n        actions:\n          ban: {cmd: ['echo', '<ip>']}\n",
+    );
+    assert_eq!(error_lines(&err).len(), 1, "{err}");
+    assert!(err.contains("patterns: expected a map"), "{err}");
+}
+
+#[test]
+fn a_json_error_about_a_key_points_at_the_key_not_its_value() {
+    let err = rejection(
+        "c.json",
+        r#"{"patterns": {"ip": {"type": "ip", "ipv4mask": 24}, "user": {"regex": "\\w+", "ipv4mask": 24}},
+ "streams": {"s": {"cmd": ["cat"], "filters": {"f": {"regex": ["<ip>"], "retry": 2,
+  "actions": {"ban": {"cmd": ["true"]}}}}}}}
+"#,
+    );
+    for expected in [
+        "c.json:1:79: patterns.user.ipv4mask: ipv4mask is only allowed",
+        "c.json:2:73: streams.s.filters.f.retry: retry must come with retryperiod",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in:\n{err}");
+    }
+}
