@@ -31,7 +31,10 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use matcher::{
     FilterSpec, Ignored, LineMatch, MatchScratch, MatcherError, StreamMatcher, line_text,
 };
-pub use pattern::{IgnoreReason, Pattern, PatternError, PatternKind, PatternSpec, Patterns};
+pub use pattern::{
+    GivenValueError, IgnoreReason, Pattern, PatternError, PatternKind, PatternSpec, Patterns,
+    RegexError, ValueProblem, check_regex, whole_value_regex,
+};
 pub use window::RetryWindow;
 
 /// Milliseconds since the Unix epoch: the engine's only notion of time.

@@ -10,6 +10,7 @@
 //! pattern order: pattern names sorted, as reaction's tooling expects.
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use regex_automata::meta::{self, Regex};
 use regex_automata::util::captures::Captures;
@@ -17,7 +18,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 
 use crate::Values;
-use crate::pattern::{IgnoreReason, Patterns};
+use crate::pattern::{IgnoreReason, Patterns, RegexError, build_regex};
 
 /// A filter of a stream, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,12 +49,14 @@ pub enum MatcherError {
         first: Vec<String>,
         other: Vec<String>,
     },
-    #[error("regex #{index} of filter '{filter}' is invalid: {message}")]
+    #[error("regex #{index} of filter '{filter}' is invalid: {error}")]
     Regex {
         filter: String,
         index: usize,
-        message: String,
+        error: RegexError,
     },
+    #[error("the regexes of this stream's filters are too large together: {message}")]
+    TooLarge { message: String },
 }
 
 /// A value an ignore rule dropped, and which rule.
@@ -83,6 +86,58 @@ pub struct ExpandedRegex {
     pub groups: Vec<(String, usize)>,
     /// The pattern names used, sorted and deduplicated.
     pub names: Vec<String>,
+    /// The regex as written.
+    pub source: String,
+    /// Where each placeholder went: its span in `regex`, its span in `source`.
+    pub placeholder_spans: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl ExpandedRegex {
+    /// Maps a byte span of the expanded regex back to the text as written.
+    /// A span that starts inside a placeholder's expansion becomes the
+    /// whole placeholder: the user wrote `<name>`, not what it stands for.
+    pub fn source_span(&self, span: Range<usize>) -> Range<usize> {
+        let to_source = |offset: usize, is_end: bool| {
+            let mut shift = (0usize, 0usize);
+            for (expanded, source) in &self.placeholder_spans {
+                let inside = if is_end {
+                    offset > expanded.start && offset <= expanded.end
+                } else {
+                    offset >= expanded.start && offset < expanded.end
+                };
+                if inside {
+                    return Err(source.clone());
+                }
+                let before = if is_end {
+                    offset <= expanded.start
+                } else {
+                    offset < expanded.start
+                };
+                if before {
+                    break;
+                }
+                shift = (expanded.end, source.end);
+            }
+            Ok((offset - shift.0 + shift.1).min(self.source.len()))
+        };
+        match to_source(span.start, false) {
+            Err(placeholder) => placeholder,
+            Ok(start) => match to_source(span.end.max(span.start), true) {
+                Err(placeholder) => start..placeholder.end,
+                Ok(end) => start..end,
+            },
+        }
+    }
+
+    /// Compiles the expanded regex as the matcher does; an error is told in
+    /// the text as written.
+    pub fn check(&self) -> Result<(), RegexError> {
+        build_regex(&self.regex, |e| self.error(e)).map(drop)
+    }
+
+    fn error(&self, error: &meta::BuildError) -> RegexError {
+        RegexError::from_build(&self.source, error, |span| self.source_span(span))
+    }
 }
 
 /// Finds the `<word>` placeholders of `text`. Named groups `(?P<x>` and
@@ -126,12 +181,15 @@ pub fn expand(text: &str, patterns: &Patterns) -> Result<ExpandedRegex, String> 
     let mut regex = String::with_capacity(text.len() + 64);
     let mut groups = Vec::new();
     let mut names = BTreeSet::new();
+    let mut placeholder_spans = Vec::new();
     let mut last = 0;
     for (range, name) in placeholders(text) {
         let (index, pattern) = patterns.get(name).ok_or_else(|| name.to_owned())?;
         let group = format!("rebuff_{}", groups.len());
         regex.push_str(&text[last..range.start]);
+        let start = regex.len();
         regex.push_str(&format!("(?P<{group}>{})", pattern.regex()));
+        placeholder_spans.push((start..regex.len(), range.clone()));
         groups.push((group, index));
         names.insert(name.to_owned());
         last = range.end;
@@ -141,6 +199,8 @@ pub fn expand(text: &str, patterns: &Patterns) -> Result<ExpandedRegex, String> 
         regex,
         groups,
         names: names.into_iter().collect(),
+        source: text.to_owned(),
+        placeholder_spans,
     })
 }
 
@@ -413,15 +473,13 @@ impl StreamMatcher {
 
         let mut regexes = Vec::with_capacity(expanded_all.len());
         for (filter_index, i, expanded) in &expanded_all {
-            let regex = Regex::builder()
-                .syntax(syntax_config())
-                .configure(Regex::config().nfa_size_limit(Some(64 << 20)))
-                .build(&expanded.regex)
-                .map_err(|e| MatcherError::Regex {
+            let regex = build_regex(&expanded.regex, |e| expanded.error(e)).map_err(|error| {
+                MatcherError::Regex {
                     filter: filters[*filter_index].name.clone(),
                     index: i + 1,
-                    message: e.to_string(),
-                })?;
+                    error,
+                }
+            })?;
             let info = &infos[*filter_index];
             let slots = group_slots(&regex, expanded, info);
             let tail = fast.then(|| tail_capture(expanded, info)).flatten();
@@ -448,10 +506,10 @@ impl StreamMatcher {
                     .nfa_size_limit(Some(256 << 20)),
             )
             .build_many(&sources)
-            .map_err(|e| MatcherError::Regex {
-                filter: filters.first().map(|f| f.name.clone()).unwrap_or_default(),
-                index: 0,
-                message: e.to_string(),
+            .map_err(|e| MatcherError::TooLarge {
+                // Each regex compiled alone, so only the size is left.
+                message: std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |source| source.to_string()),
             })?;
 
         Ok(StreamMatcher {
@@ -720,6 +778,60 @@ mod tests {
         assert_eq!(m.filter_pattern_names(0), vec!["ip", "user"]);
     }
 
+    /// The error of compiling `text` alone, shown as users see it.
+    fn shown_error(text: &str) -> String {
+        match StreamMatcher::new(&patterns(), &[filter("f", &[text])]) {
+            Err(MatcherError::Regex { error, .. }) => error.to_string(),
+            other => panic!("not a regex error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_regex_error_is_told_in_the_text_as_written() {
+        assert_eq!(
+            shown_error("from <ip> port (<user>"),
+            "unclosed group\n    from <ip> port (<user>\n                   ^"
+        );
+        assert_eq!(
+            shown_error("x <user>|*"),
+            "repetition operator missing expression\n    x <user>|*\n             ^"
+        );
+        // Before any placeholder, offsets are unchanged.
+        assert_eq!(
+            shown_error("[z-a] <ip>"),
+            "invalid character class range, the start must be <= the end\n    [z-a] <ip>\n     ^^^"
+        );
+    }
+
+    #[test]
+    fn a_regex_error_inside_an_expansion_points_at_the_placeholder() {
+        let named = Patterns::new(vec![
+            Pattern::compile(PatternSpec::regex("user", "(?P<u>[a-z]+)")).expect("user"),
+        ]);
+        let error = match StreamMatcher::new(&named, &[filter("f", &["<user> <user>"])]) {
+            Err(MatcherError::Regex { error, .. }) => error,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(error.reason, "duplicate capture group name");
+        assert_eq!(error.span, Some(7..13));
+        assert_eq!(error.regex, "<user> <user>");
+    }
+
+    #[test]
+    fn expanded_spans_map_back_around_and_onto_placeholders() {
+        let e = expand("a <user> b <ip> c", &patterns()).expect("expands");
+        let user = e.placeholder_spans[0].0.clone();
+        let ip = e.placeholder_spans[1].0.clone();
+        assert_eq!(e.source_span(0..1), 0..1);
+        assert_eq!(e.source_span(user.start..user.start + 1), 2..8);
+        assert_eq!(e.source_span(user.end - 1..user.end), 2..8);
+        assert_eq!(e.source_span(user.end..user.end + 3), 8..11);
+        assert_eq!(e.source_span(ip.start + 3..ip.end), 11..15);
+        assert_eq!(e.source_span(ip.end + 1..ip.end + 2), 16..17);
+        // A span reaching into a placeholder ends with it.
+        assert_eq!(e.source_span(user.end + 1..ip.start + 2), 9..15);
+    }
+
     #[test]
     fn only_the_first_matching_regex_of_a_filter_counts() {
         let m = StreamMatcher::new(&patterns(), &[filter("f", &["from <ip>", "<ip> port"])])
@@ -842,6 +954,31 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever is wrong with a regex, its error lies in the text as
+        /// written and never shows the expansion.
+        #[test]
+        fn regex_errors_stay_inside_the_text_as_written(
+            pieces in prop::collection::vec(
+                prop::sample::select(vec![
+                    "<ip>", "<user>", "(", ")", "[", "]", "*", "+", "?", "{2,1}", "\\", "a",
+                    "é", "\t", "\n", "(?x)", "|", "\\p{Nope}", "(?P<rebuff_0>x)",
+                ]),
+                0..12,
+            ),
+        ) {
+            let text: String = pieces.concat();
+            if let Err(MatcherError::Regex { error, .. }) =
+                StreamMatcher::new(&patterns(), &[filter("f", &[&text])])
+            {
+                prop_assert_eq!(&error.regex, &text);
+                if let Some(span) = &error.span {
+                    prop_assert!(span.start <= span.end && span.end <= text.len(), "{:?}", span);
+                }
+                let shown = error.to_string();
+                prop_assert!(!shown.contains("0-9a-fA-F"), "{}", shown);
+            }
+        }
+
         #[test]
         fn fast_paths_capture_exactly_what_the_full_regex_captures(
             shape in prop::sample::select(SHAPES.to_vec()),

@@ -10,9 +10,12 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::Range;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use regex::RegexSet;
+use regex_automata::meta;
+use regex_automata::util::syntax;
 
 /// What kind of value a pattern captures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,9 +89,9 @@ pub enum PatternError {
     #[error("a pattern of type regex needs a 'regex'")]
     MissingRegex,
     #[error("invalid regex: {0}")]
-    Regex(String),
+    Regex(RegexError),
     #[error("invalid ignoreregex: {0}")]
-    IgnoreRegex(String),
+    IgnoreRegex(RegexError),
     #[error("'{key}' is only allowed on patterns of type {allowed}, not on type {kind}")]
     NotForKind {
         key: &'static str,
@@ -101,6 +104,168 @@ pub enum PatternError {
         max: u8,
         found: u8,
     },
+}
+
+/// A regex that does not compile, told in the text its author wrote.
+///
+/// The regex crates report errors on the regex they were given, which for a
+/// filter is the expansion of its `<name>` placeholders and for a value
+/// regex is wrapped in `^(?:…)$`. This error keeps the author's text, the
+/// crates' own reason, and the place in that text; [`fmt::Display`] shows
+/// the reason, then the line of the regex with a caret under the place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegexError {
+    /// The regex as written (placeholders not expanded, no anchoring).
+    pub regex: String,
+    /// The regex crates' reason, e.g. `unclosed group`.
+    pub reason: String,
+    /// The bytes of `regex` the reason is about; `None` when it is about
+    /// the whole regex (it compiles too large).
+    pub span: Option<Range<usize>>,
+}
+
+impl RegexError {
+    /// The error of `compiled`, a regex built from `regex`, that failed to
+    /// build with `error`; `to_source` maps a byte span of `compiled` to
+    /// one of `regex`.
+    pub(crate) fn from_build(
+        regex: &str,
+        error: &meta::BuildError,
+        to_source: impl Fn(Range<usize>) -> Range<usize>,
+    ) -> Self {
+        if let Some(syntax) = error.syntax_error() {
+            return Self::from_syntax(regex, syntax, to_source);
+        }
+        // Not about syntax: the regex compiles too large. The source error
+        // says by how much; the outer one only says "error building NFA".
+        let reason = std::error::Error::source(error)
+            .map_or_else(|| error.to_string(), |source| source.to_string());
+        RegexError {
+            regex: regex.to_owned(),
+            reason,
+            span: None,
+        }
+    }
+
+    fn from_syntax(
+        regex: &str,
+        error: &regex_syntax::Error,
+        to_source: impl Fn(Range<usize>) -> Range<usize>,
+    ) -> Self {
+        let (reason, span) = match error {
+            regex_syntax::Error::Parse(e) => (e.kind().to_string(), Some(e.span())),
+            regex_syntax::Error::Translate(e) => (e.kind().to_string(), Some(e.span())),
+            other => (other.to_string(), None),
+        };
+        RegexError {
+            regex: regex.to_owned(),
+            reason,
+            span: span.map(|s| to_source(s.start.offset..s.end.offset)),
+        }
+    }
+}
+
+impl fmt::Display for RegexError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)?;
+        let Some(span) = &self.span else {
+            return Ok(());
+        };
+        let text = self.regex.as_str();
+        let floor = |i: usize| {
+            (0..=i.min(text.len()))
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+        };
+        let start = floor(span.start).unwrap_or(0);
+        // A verbose regex may span lines: show the one the error is on.
+        let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        let end = floor(span.end.clamp(start, line_end)).unwrap_or(start);
+        // Tabs are kept in the padding so the caret lines up under them.
+        let pad: String = text[line_start..start]
+            .chars()
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        let width = text[start..end].chars().count().max(1);
+        write!(
+            f,
+            "\n    {}\n    {pad}{}",
+            &text[line_start..line_end],
+            "^".repeat(width)
+        )
+    }
+}
+
+impl std::error::Error for RegexError {}
+
+/// Builds a regex the way the matcher builds every regex it runs;
+/// `explain` turns a failure into an error in the author's text.
+pub(crate) fn build_regex(
+    text: &str,
+    explain: impl FnOnce(&meta::BuildError) -> RegexError,
+) -> Result<meta::Regex, RegexError> {
+    meta::Regex::builder()
+        .syntax(syntax::Config::new())
+        .configure(meta::Regex::config().nfa_size_limit(Some(64 << 20)))
+        .build(text)
+        .map_err(|e| explain(&e))
+}
+
+/// Checks a regex written without placeholders (a pattern's own regex) with
+/// the syntax and limits the matcher compiles it with.
+pub fn check_regex(regex: &str) -> Result<(), RegexError> {
+    build_regex(regex, |e| RegexError::from_build(regex, e, |span| span)).map(drop)
+}
+
+/// Compiles `regex` so that it must match a whole value, as `ignoreregex`
+/// and the value selections of `show`/`flush` mean it. An error is told in
+/// the regex as written, never in its anchored form.
+pub fn whole_value_regex(regex: &str) -> Result<regex::Regex, RegexError> {
+    const PREFIX: usize = "^(?:".len();
+    check_regex(regex)?;
+    let anchored = format!("^(?:{regex})$");
+    regex::Regex::new(&anchored).map_err(|e| {
+        let to_source = |span: Range<usize>| {
+            let inside = |i: usize| i.saturating_sub(PREFIX).min(regex.len());
+            inside(span.start)..inside(span.end)
+        };
+        match regex_syntax::Parser::new().parse(&anchored) {
+            Err(syntax) => RegexError::from_syntax(regex, &syntax, to_source),
+            Ok(_) => RegexError {
+                regex: regex.to_owned(),
+                reason: match e {
+                    regex::Error::CompiledTooBig(limit) => {
+                        format!("the compiled regex exceeds the size limit of {limit} bytes")
+                    }
+                    other => other.to_string(),
+                },
+                span: None,
+            },
+        }
+    })
+}
+
+/// Why a value given by hand cannot stand for a captured one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{pattern}={value:?} {problem}")]
+pub struct GivenValueError {
+    pub pattern: String,
+    pub value: String,
+    pub problem: ValueProblem,
+}
+
+/// What is wrong with a value given by hand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueProblem {
+    #[error("holds a NUL character, which no command argument can carry")]
+    Nul,
+    #[error("does not match the pattern's regex '{0}' as a whole")]
+    NoMatch(String),
+    #[error("is not an address of type {}", .0.name())]
+    NotAnIp(PatternKind),
+    #[error("is ignored ({0})")]
+    Ignored(IgnoreReason),
 }
 
 /// Why a captured value was dropped.
@@ -172,6 +337,8 @@ pub struct Pattern {
     name: String,
     kind: PatternKind,
     regex: String,
+    /// `regex` anchored at both ends: what a whole value must match.
+    whole: regex::Regex,
     ignore: HashSet<String>,
     ignore_regex: Option<RegexSet>,
     ignore_cidr: Vec<IpNet>,
@@ -183,18 +350,25 @@ impl Pattern {
     pub fn compile(spec: PatternSpec) -> Result<Pattern, PatternError> {
         let regex = match builtin_regex(spec.kind) {
             Some(builtin) => builtin,
-            None => {
-                let regex = spec.regex.ok_or(PatternError::MissingRegex)?;
-                regex::Regex::new(&regex).map_err(|e| PatternError::Regex(e.to_string()))?;
-                regex
-            }
+            None => spec.regex.ok_or(PatternError::MissingRegex)?,
         };
+        let whole = whole_value_regex(&regex).map_err(PatternError::Regex)?;
         let ignore_regex = if spec.ignore_regex.is_empty() {
             None
         } else {
-            // "regex must match the full Match": anchor each one.
+            // "regex must match the full Match": anchor each one. Each is
+            // compiled alone first so an error names the one at fault.
+            for r in &spec.ignore_regex {
+                whole_value_regex(r).map_err(PatternError::IgnoreRegex)?;
+            }
             let anchored = spec.ignore_regex.iter().map(|r| format!("^(?:{r})$"));
-            Some(RegexSet::new(anchored).map_err(|e| PatternError::IgnoreRegex(e.to_string()))?)
+            Some(RegexSet::new(anchored).map_err(|e| {
+                PatternError::IgnoreRegex(RegexError {
+                    regex: spec.ignore_regex.join(" | "),
+                    reason: e.to_string(),
+                    span: None,
+                })
+            })?)
         };
         if !spec.kind.is_ip() && !spec.ignore_cidr.is_empty() {
             return Err(PatternError::NotForKind {
@@ -215,6 +389,7 @@ impl Pattern {
             name: spec.name,
             kind: spec.kind,
             regex,
+            whole,
             ignore: spec.ignore.into_iter().collect(),
             ignore_regex,
             ignore_cidr: spec.ignore_cidr,
@@ -234,6 +409,32 @@ impl Pattern {
     /// The regex that replaces `<name>` in filter regexes.
     pub fn regex(&self) -> &str {
         &self.regex
+    }
+
+    /// Checks a value given by hand (`rebuff trigger`) as if it had been
+    /// captured: it must hold no NUL (no command argument can carry one),
+    /// match the pattern's regex as a whole, and pass [`Pattern::accept`].
+    pub fn accept_given(&self, raw: &str) -> Result<String, GivenValueError> {
+        let error = |problem| GivenValueError {
+            pattern: self.name.clone(),
+            value: raw.to_owned(),
+            problem,
+        };
+        if raw.contains('\0') {
+            return Err(error(ValueProblem::Nul));
+        }
+        if !self.whole.is_match(raw) {
+            return Err(error(match self.kind {
+                PatternKind::Regex => ValueProblem::NoMatch(self.regex.clone()),
+                kind => ValueProblem::NotAnIp(kind),
+            }));
+        }
+        self.accept(raw).map_err(|reason| {
+            error(match reason {
+                IgnoreReason::NotAnIp => ValueProblem::NotAnIp(self.kind),
+                reason => ValueProblem::Ignored(reason),
+            })
+        })
     }
 
     /// Turns a captured value into the value actions and windows see, or
@@ -503,6 +704,81 @@ mod tests {
     }
 
     #[test]
+    fn a_regex_error_shows_the_reason_and_a_caret_on_the_faulty_line() {
+        let e = check_regex("a(b").expect_err("unclosed");
+        assert_eq!(e.to_string(), "unclosed group\n    a(b\n     ^");
+        // A verbose regex over several lines: only the faulty one is shown,
+        // and a tab before the fault is kept so the caret lines up.
+        let e = check_regex("(?x)\n  ok\n\tb{3,1}\n  more").expect_err("range");
+        assert_eq!(
+            e.to_string(),
+            "invalid repetition count range, the start must be <= the end\n    \tb{3,1}\n    \t ^^^^^"
+        );
+        // No span: the reason alone.
+        let too_big = RegexError {
+            regex: "x".into(),
+            reason: "too big".into(),
+            span: None,
+        };
+        assert_eq!(too_big.to_string(), "too big");
+    }
+
+    #[test]
+    fn a_whole_value_regex_error_does_not_show_the_anchoring() {
+        let e = whole_value_regex("192.0.2.(1").expect_err("unclosed");
+        assert_eq!(
+            e.to_string(),
+            "unclosed group\n    192.0.2.(1\n            ^"
+        );
+        let e = whole_value_regex("a)").expect_err("unopened");
+        assert_eq!(e.span, Some(1..2));
+        assert!(!e.to_string().contains("(?:"), "{e}");
+        let re = whole_value_regex("a|b").expect("valid");
+        assert!(re.is_match("b") && !re.is_match("ab"));
+    }
+
+    #[test]
+    fn a_given_value_must_be_what_the_pattern_could_capture() {
+        let user = Pattern::compile(PatternSpec {
+            ignore: vec!["nobody".into()],
+            ..PatternSpec::regex("user", "\\w+")
+        })
+        .expect("compiles");
+        assert_eq!(user.accept_given("root"), Ok("root".into()));
+        let problem = |p: &Pattern, v: &str| p.accept_given(v).expect_err(v).problem;
+        assert_eq!(problem(&user, "ro\0ot"), ValueProblem::Nul);
+        assert_eq!(
+            problem(&user, "root\nx"),
+            ValueProblem::NoMatch("\\w+".into())
+        );
+        assert_eq!(
+            problem(&user, "nobody"),
+            ValueProblem::Ignored(IgnoreReason::List)
+        );
+        assert_eq!(
+            user.accept_given("root x").expect_err("space").to_string(),
+            "user=\"root x\" does not match the pattern's regex '\\w+' as a whole"
+        );
+        // Even a regex that would take a NUL cannot hand one to a command.
+        let any = Pattern::compile(PatternSpec::regex("any", ".+")).expect("compiles");
+        assert_eq!(problem(&any, "a\0"), ValueProblem::Nul);
+
+        let ip = ip_pattern(PatternKind::Ipv4);
+        assert_eq!(ip.accept_given("192.0.2.1"), Ok("192.0.2.1".into()));
+        for bad in ["192.0.2.1\n", "192.0.2.300", "2001:db8::1", " 192.0.2.1"] {
+            assert_eq!(
+                problem(&ip, bad),
+                ValueProblem::NotAnIp(PatternKind::Ipv4),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            ip_pattern(PatternKind::Ip).accept_given("::ffff:192.0.2.1"),
+            Ok("192.0.2.1".into())
+        );
+    }
+
+    #[test]
     fn builtin_ip_regex_finds_whole_addresses() {
         let re = regex::Regex::new(&format!(
             "from ({}) port",
@@ -559,6 +835,17 @@ mod tests {
             if let Ok(pattern) = Pattern::compile(spec) {
                 let _ = pattern.accept("192.0.2.1");
                 let _ = pattern.accept(&regex);
+            }
+        }
+
+        /// `trigger` refuses nothing a log line could have brought.
+        #[test]
+        fn any_address_given_by_hand_is_accepted_as_if_captured(raw: [u16; 8], v4: [u8; 4]) {
+            let ip = ip_pattern(PatternKind::Ip);
+            for text in [std::net::Ipv6Addr::from(raw).to_string(), std::net::Ipv4Addr::from(v4).to_string()] {
+                let given = ip.accept_given(&text);
+                prop_assert!(given.is_ok(), "{:?}", given);
+                prop_assert_eq!(given.ok(), ip.accept(&text).ok());
             }
         }
 

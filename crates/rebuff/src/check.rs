@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, Write};
 
-use rebuff_engine::{FilterSpec, StreamMatcher, line_text};
+use rebuff_engine::{FilterSpec, MatcherError, StreamMatcher, line_text};
 
 use crate::cli::DocFormat;
 use crate::config::{Config, emit};
@@ -20,13 +20,28 @@ pub fn print_config(config: &Config, format: DocFormat, out: &mut dyn Write) -> 
     Ok(())
 }
 
-/// Compiles `regex` with the configuration's patterns.
+/// Compiles `regex` with the configuration's patterns. An error says what
+/// is wrong in the regex as typed: its placeholders are not expanded.
 pub fn compile_regex(config: &Config, regex: &str) -> anyhow::Result<StreamMatcher> {
     let spec = FilterSpec {
         name: "test-regex".into(),
         regexes: vec![regex.to_owned()],
     };
-    Ok(StreamMatcher::new(&config.patterns, &[spec])?)
+    StreamMatcher::new(&config.patterns, &[spec]).map_err(|e| match e {
+        MatcherError::Regex { error, .. } => anyhow::anyhow!("invalid regex: {error}"),
+        MatcherError::UnknownPattern { name, .. } => {
+            let defined: Vec<&str> = config.patterns.iter().map(|p| p.name()).collect();
+            anyhow::anyhow!(
+                "<{name}> names no pattern of the configuration (its patterns: {})",
+                if defined.is_empty() {
+                    "none".to_owned()
+                } else {
+                    defined.join(", ")
+                }
+            )
+        }
+        other => other.into(),
+    })
 }
 
 /// Tests one line; returns whether it matched (ignored values count as a

@@ -1307,7 +1307,7 @@ impl Tracker {
     fn selected(&self, selection: &Selection) -> Result<Vec<SelectedFilter>, String> {
         let mut regexes = Vec::new();
         for (name, text) in &selection.patterns {
-            let regex = Regex::new(&format!("^(?:{text})$"))
+            let regex = rebuff_engine::whole_value_regex(text)
                 .map_err(|e| format!("invalid regex for pattern {name}: {e}"))?;
             regexes.push((name.as_str(), regex));
         }
@@ -1518,9 +1518,7 @@ impl Tracker {
                 .patterns
                 .get(name)
                 .ok_or_else(|| format!("unknown pattern {name:?}"))?;
-            let value = pattern
-                .accept(raw)
-                .map_err(|reason| format!("{name}={raw} is ignored ({})", reason.name()))?;
+            let value = pattern.accept_given(raw).map_err(|e| e.to_string())?;
             if values[slot].replace(value).is_some() {
                 return Err(format!("pattern {name:?} given twice"));
             }

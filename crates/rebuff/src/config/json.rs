@@ -43,6 +43,28 @@ pub fn parse_json(path: &Path, text: &str) -> Result<Node, ParseError> {
     Ok(node)
 }
 
+/// The key path (`streams.ssh.filters`, `start[1]`) of `name` in the
+/// object whose parents are `open`, outermost first.
+fn key_path(open: &[Open], name: &str) -> String {
+    let mut path = String::new();
+    for container in open {
+        match container {
+            Open::Array { items, .. } => path.push_str(&format!("[{}]", items.len())),
+            Open::Object { key, .. } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.name);
+            }
+        }
+    }
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(name);
+    path
+}
+
 /// An array or object whose closing bracket has not been read yet.
 enum Open {
     Array {
@@ -138,7 +160,7 @@ impl Reader<'_> {
                         }
                     } else {
                         let mut seen = HashMap::new();
-                        let key = self.member_key(&mut seen, "a string key or '}'")?;
+                        let key = self.member_key(&mut seen, &open, "a string key or '}'")?;
                         open.push(Open::Object {
                             loc,
                             entries: Vec::new(),
@@ -240,7 +262,8 @@ impl Reader<'_> {
                             Some(b',') => {
                                 self.advance(1);
                                 self.skip_ws();
-                                let key = self.member_key(&mut seen, "a string key after ','")?;
+                                let key =
+                                    self.member_key(&mut seen, &open, "a string key after ','")?;
                                 open.push(Open::Object {
                                     loc,
                                     entries,
@@ -270,10 +293,11 @@ impl Reader<'_> {
     }
 
     /// Reads `"key" :` and the whitespace after it, rejecting a key already
-    /// present in the object.
+    /// present in the object (whose parents are `parents`, outermost first).
     fn member_key(
         &mut self,
         seen: &mut HashMap<String, u32>,
+        parents: &[Open],
         expected: &str,
     ) -> Result<Key, ParseError> {
         if self.peek() != Some(b'"') {
@@ -285,7 +309,8 @@ impl Reader<'_> {
             return Err(ParseError::new(
                 loc.clone(),
                 format!(
-                    "the key {name:?} is written twice in this object (lines {first} and {})",
+                    "{}: the key {name:?} is written twice in this object (lines {first} and {})",
+                    key_path(parents, &name),
                     loc.line
                 ),
             ));
@@ -656,6 +681,22 @@ mod tests {
         assert_eq!(at(&e.loc), (4, 3));
         assert!(e.message.contains("\"a\""), "{}", e.message);
         assert!(e.message.contains("lines 2 and 4"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_key_written_twice_is_named_by_its_key_path() {
+        let e = err(
+            "{\"streams\": {\"s\": {\"filters\": {\"f\": {\n  \"retry\": 1,\n  \"retry\": 2}}}}}",
+        );
+        assert_eq!(at(&e.loc), (3, 3), "the second key, not its value");
+        assert!(
+            e.message
+                .starts_with("streams.s.filters.f.retry: the key \"retry\" is written twice"),
+            "{}",
+            e.message
+        );
+        let e = err("{\"start\": [[\"a\"], {\"x\": 1, \"x\": 2}]}");
+        assert!(e.message.starts_with("start[1].x: "), "{}", e.message);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use ipnet::IpNet;
 use rebuff_engine::matcher::{expand, placeholders};
 use rebuff_engine::{
     ActionSpec, DuplicatePolicy, FilterPlan, FilterSpec, IpOnly, Pattern, PatternError,
-    PatternKind, PatternSpec, Patterns, StreamMatcher, parse_duration,
+    PatternKind, PatternSpec, Patterns, StreamMatcher, check_regex, parse_duration,
+    whole_value_regex,
 };
 
 use super::tree::{Key, Loc, Node, Value};
@@ -122,6 +123,9 @@ struct Checker {
     /// Pattern names that are defined but invalid: their errors are already
     /// reported, so filters using them are skipped rather than blamed.
     broken_patterns: BTreeSet<String>,
+    /// The `patterns` section is not a map (reported): which names it
+    /// defines is unknown, so no placeholder is blamed for naming none.
+    patterns_unreadable: bool,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -391,6 +395,7 @@ impl Checker {
             return Patterns::default();
         };
         let Some(defs) = self.map(node, "patterns", "a map of pattern names to patterns") else {
+            self.patterns_unreadable = true;
             return Patterns::default();
         };
         let _ = root;
@@ -405,7 +410,7 @@ impl Checker {
                 );
                 continue;
             }
-            match self.pattern(&key.name, def, &path) {
+            match self.pattern(key, def, &path) {
                 Some(pattern) => compiled.push(pattern),
                 None => {
                     self.broken_patterns.insert(key.name.clone());
@@ -415,29 +420,35 @@ impl Checker {
         Patterns::new(compiled)
     }
 
-    fn pattern(&mut self, name: &str, def: &Node, path: &str) -> Option<Pattern> {
+    /// `key` is the pattern's name as written: errors about a key missing
+    /// from the pattern point at it.
+    fn pattern(&mut self, key: &Key, def: &Node, path: &str) -> Option<Pattern> {
+        let name = key.name.as_str();
         let entries = self.map(def, path, "a pattern (a map with 'regex' or 'type')")?;
         self.known_keys(entries, path, PATTERN_KEYS);
         let errors_before = self.errors.len();
 
+        // `None` when the type is invalid (reported): then nothing that
+        // depends on the type is checked, so one mistake is one error.
         let kind = match get(entries, "type") {
-            None => PatternKind::Regex,
+            None => Some(PatternKind::Regex),
             Some(node) => match self.string(node, &join(path, "type")).as_deref() {
-                Some("regex") => PatternKind::Regex,
-                Some("ip") => PatternKind::Ip,
-                Some("ipv4") => PatternKind::Ipv4,
-                Some("ipv6") => PatternKind::Ipv6,
+                Some("regex") => Some(PatternKind::Regex),
+                Some("ip") => Some(PatternKind::Ip),
+                Some("ipv4") => Some(PatternKind::Ipv4),
+                Some("ipv6") => Some(PatternKind::Ipv6),
                 Some(other) => {
                     self.error(
                         &node.loc,
                         &join(path, "type"),
                         format!("unknown pattern type '{other}' (accepted: regex, ip, ipv4, ipv6)"),
                     );
-                    PatternKind::Regex
+                    None
                 }
-                None => PatternKind::Regex,
+                None => None,
             },
         };
+        let kind = kind?;
         let regex = get(entries, "regex").and_then(|n| self.string(n, &join(path, "regex")));
         if kind.is_ip()
             && let (Some(_), Some(loc)) = (&regex, key_loc(entries, "regex"))
@@ -450,14 +461,14 @@ impl Checker {
         }
         if kind == PatternKind::Regex && regex.is_none() && get(entries, "regex").is_none() {
             self.error(
-                &def.loc,
+                &key.loc,
                 path,
                 "a pattern needs a 'regex', or a 'type' among ip, ipv4, ipv6",
             );
         }
         if let (Some(re), Some(node)) = (&regex, get(entries, "regex"))
             && kind == PatternKind::Regex
-            && let Err(e) = regex::Regex::new(re)
+            && let Err(e) = check_regex(re)
         {
             self.error(
                 &node.loc,
@@ -472,7 +483,7 @@ impl Checker {
             && let Value::Seq(items) = &node.value
         {
             for (i, (re, item)) in ignore_regex.iter().zip(items).enumerate() {
-                if let Err(e) = regex::Regex::new(re) {
+                if let Err(e) = whole_value_regex(re) {
                     self.error(
                         &item.loc,
                         &format!("{path}.ignoreregex[{i}]"),
@@ -501,7 +512,7 @@ impl Checker {
         match Pattern::compile(spec) {
             Ok(pattern) => Some(pattern),
             Err(e) => {
-                let key = match &e {
+                let at = match &e {
                     PatternError::MissingRegex => None,
                     PatternError::Regex(_) => Some("regex"),
                     PatternError::IgnoreRegex(_) => Some("ignoreregex"),
@@ -509,11 +520,11 @@ impl Checker {
                         Some(*key)
                     }
                 };
-                let loc = key
+                let loc = at
                     .and_then(|k| key_loc(entries, k))
-                    .unwrap_or(&def.loc)
+                    .unwrap_or(&key.loc)
                     .clone();
-                let path = key.map_or_else(|| path.to_owned(), |k| join(path, k));
+                let path = at.map_or_else(|| path.to_owned(), |k| join(path, k));
                 self.error(&loc, &path, e.to_string());
                 None
             }
@@ -533,8 +544,9 @@ impl Checker {
         };
         let key_path = join(path, "ignorecidr");
         if !kind.is_ip() {
+            let loc = key_loc(entries, "ignorecidr").unwrap_or(&node.loc).clone();
             self.error(
-                &node.loc,
+                &loc,
                 &key_path,
                 "ignorecidr is only allowed on patterns of type ip, ipv4 or ipv6",
             );
@@ -580,8 +592,9 @@ impl Checker {
             } else {
                 "ip or ipv6"
             };
+            let loc = key_loc(entries, key).unwrap_or(&node.loc).clone();
             self.error(
-                &node.loc,
+                &loc,
                 &key_path,
                 format!(
                     "{key} is only allowed on patterns of type {allowed}, not on type {}",
@@ -615,7 +628,7 @@ impl Checker {
                 Some(n) => {
                     self.string(n, &join(&path, "path"));
                 }
-                None => self.error(&def.loc, &path, "a plugin needs a 'path'"),
+                None => self.error(&key.loc, &path, "a plugin needs a 'path'"),
             }
             for flag in ["check_root", "systemd"] {
                 if let Some(n) = get(entries, flag) {
@@ -696,20 +709,15 @@ impl Checker {
                 );
                 continue;
             }
-            if let Some(stream) = self.stream(&key.name, def, &path, patterns) {
+            if let Some(stream) = self.stream(key, def, &path, patterns) {
                 streams.push(stream);
             }
         }
         streams
     }
 
-    fn stream(
-        &mut self,
-        name: &str,
-        def: &Node,
-        path: &str,
-        patterns: &Patterns,
-    ) -> Option<Stream> {
+    fn stream(&mut self, key: &Key, def: &Node, path: &str, patterns: &Patterns) -> Option<Stream> {
+        let name = key.name.as_str();
         let entries = self.map(def, path, "a stream (a map with 'cmd' and 'filters')")?;
         self.known_keys(entries, path, STREAM_KEYS);
         let errors_before = self.errors.len();
@@ -717,7 +725,7 @@ impl Checker {
         let cmd = match get(entries, "cmd") {
             Some(n) => self.command(n, &join(path, "cmd")),
             None => {
-                self.error(&def.loc, path, "a stream needs a 'cmd'");
+                self.error(&key.loc, path, "a stream needs a 'cmd'");
                 None
             }
         };
@@ -725,7 +733,7 @@ impl Checker {
         let mut specs = Vec::new();
         match get(entries, "filters") {
             None => self.error(
-                &def.loc,
+                &key.loc,
                 path,
                 "a stream needs at least one filter in 'filters'",
             ),
@@ -741,18 +749,17 @@ impl Checker {
                             "a stream needs at least one filter",
                         );
                     }
-                    for (key, fdef) in defs {
-                        let fpath = join(&filters_path, &key.name);
-                        if key.name.is_empty() || key.name.contains('.') {
+                    for (fkey, fdef) in defs {
+                        let fpath = join(&filters_path, &fkey.name);
+                        if fkey.name.is_empty() || fkey.name.contains('.') {
                             self.error(
-                                &key.loc,
+                                &fkey.loc,
                                 &fpath,
                                 "a filter name must be non-empty and contain no '.' (the CLI writes STREAM.FILTER)",
                             );
                             continue;
                         }
-                        if let Some((spec, filter)) = self.filter(&key.name, fdef, &fpath, patterns)
-                        {
+                        if let Some((spec, filter)) = self.filter(fkey, fdef, &fpath, patterns) {
                             specs.push(spec);
                             filters.push(filter);
                         }
@@ -771,7 +778,7 @@ impl Checker {
                 filters,
             }),
             Err(e) => {
-                self.error(&def.loc, path, e.to_string());
+                self.error(&key.loc, path, e.to_string());
                 None
             }
         }
@@ -779,11 +786,12 @@ impl Checker {
 
     fn filter(
         &mut self,
-        name: &str,
+        key: &Key,
         def: &Node,
         path: &str,
         patterns: &Patterns,
     ) -> Option<(FilterSpec, Filter)> {
+        let name = key.name.as_str();
         let entries = self.map(def, path, "a filter (a map with 'regex' and 'actions')")?;
         self.known_keys(entries, path, FILTER_KEYS);
         let errors_before = self.errors.len();
@@ -812,19 +820,19 @@ impl Checker {
             );
         }
 
-        let names = self.filter_regexes(entries, def, path, patterns);
+        let names = self.filter_regexes(entries, key, path, patterns);
 
         let retry = get(entries, "retry").and_then(|n| self.int(n, &join(path, "retry")));
         let period =
             get(entries, "retryperiod").and_then(|n| self.duration(n, &join(path, "retryperiod")));
-        match (get(entries, "retry"), get(entries, "retryperiod")) {
-            (Some(node), None) => self.error(
-                &node.loc,
+        match (key_loc(entries, "retry"), key_loc(entries, "retryperiod")) {
+            (Some(loc), None) => self.error(
+                loc,
                 &join(path, "retry"),
                 "retry must come with retryperiod (how long a match counts)",
             ),
-            (None, Some(node)) => self.error(
-                &node.loc,
+            (None, Some(loc)) => self.error(
+                loc,
                 &join(path, "retryperiod"),
                 "retryperiod must come with retry (how many matches trigger)",
             ),
@@ -859,16 +867,14 @@ impl Checker {
         if let Some(node) = get(entries, "actions") {
             let apath = join(path, "actions");
             if let Some(defs) = self.map(node, &apath, "a map of action names to actions") {
-                for (key, adef) in defs {
-                    let action_path = join(&apath, &key.name);
+                for (akey, adef) in defs {
+                    let action_path = join(&apath, &akey.name);
                     let context = FilterContext {
                         names: names.as_deref(),
                         ip_slot,
                         patterns,
                     };
-                    if let Some((spec, action)) =
-                        self.action(&key.name, adef, &action_path, &context)
-                    {
+                    if let Some((spec, action)) = self.action(akey, adef, &action_path, &context) {
                         action_specs.push(spec);
                         actions.push(action);
                     }
@@ -876,7 +882,9 @@ impl Checker {
             }
         }
 
-        if self.errors.len() > errors_before {
+        // Without valid regexes (`names` is None) the filter cannot be
+        // compiled; its error, or its broken pattern's, is already reported.
+        if self.errors.len() > errors_before || names.is_none() {
             return None;
         }
         let regexes = self
@@ -909,13 +917,13 @@ impl Checker {
     fn filter_regexes(
         &mut self,
         entries: &Entries,
-        def: &Node,
+        filter: &Key,
         path: &str,
         patterns: &Patterns,
     ) -> Option<Vec<String>> {
         let rpath = join(path, "regex");
         let Some(node) = get(entries, "regex") else {
-            self.error(&def.loc, path, "a filter needs a 'regex' list");
+            self.error(&filter.loc, path, "a filter needs a 'regex' list");
             return None;
         };
         let items = self.strings(node, &rpath)?;
@@ -942,6 +950,10 @@ impl Checker {
             let broken = &self.broken_patterns;
             let defined_or_broken = |n: &&str| !broken.contains(*n);
             let unknown: Vec<&str> = unknown.into_iter().filter(defined_or_broken).collect();
+            if !unknown.is_empty() && self.patterns_unreadable {
+                ok = false;
+                continue;
+            }
             if !unknown.is_empty() {
                 let defined: BTreeSet<&str> = patterns
                     .iter()
@@ -973,7 +985,7 @@ impl Checker {
                     continue;
                 }
             };
-            if let Err(e) = regex::Regex::new(&expanded.regex) {
+            if let Err(e) = expanded.check() {
                 self.error(&item.loc, &item_path, format!("invalid regex: {e}"));
                 ok = false;
                 continue;
@@ -1015,8 +1027,9 @@ impl Checker {
             (Some(n), None) => ("duplicate", n),
             (None, Some(n)) => ("duplicates", n),
             (Some(_), Some(n)) => {
+                let loc = key_loc(entries, "duplicates").unwrap_or(&n.loc).clone();
                 self.error(
-                    &n.loc,
+                    &loc,
                     &join(path, "duplicates"),
                     "'duplicate' and its alias 'duplicates' are both set; keep one",
                 );
@@ -1042,13 +1055,13 @@ impl Checker {
 
     fn action(
         &mut self,
-        name: &str,
+        key: &Key,
         def: &Node,
         path: &str,
         filter: &FilterContext<'_>,
     ) -> Option<(ActionSpec, Action)> {
+        let name = key.name.as_str();
         let regexes_valid = filter.names.is_some();
-        let filter_patterns = filter.names.unwrap_or(&[]);
         let (ip_slot, patterns) = (filter.ip_slot, filter.patterns);
         let entries = self.map(def, path, "an action (a map with 'cmd')")?;
         self.known_keys(entries, path, ACTION_KEYS);
@@ -1056,9 +1069,9 @@ impl Checker {
         self.plugin_type(entries, path, "cmd", "action");
 
         let cmd = match get(entries, "cmd") {
-            Some(node) => self.action_cmd(node, &join(path, "cmd"), filter_patterns, patterns),
+            Some(node) => self.action_cmd(node, &join(path, "cmd"), filter.names, patterns),
             None => {
-                self.error(&def.loc, path, "an action needs a 'cmd'");
+                self.error(&key.loc, path, "an action needs a 'cmd'");
                 None
             }
         };
@@ -1101,14 +1114,14 @@ impl Checker {
                 "ipv4only and ipv6only exclude each other; an action with both would never run",
             );
         }
-        for (set, key) in [(v4, "ipv4only"), (v6, "ipv6only")] {
+        for (set, flag) in [(v4, "ipv4only"), (v6, "ipv6only")] {
             if set && ip_slot.is_none() && regexes_valid {
-                let loc = key_loc(entries, key).unwrap_or(&def.loc).clone();
+                let loc = key_loc(entries, flag).unwrap_or(&def.loc).clone();
                 self.error(
                     &loc,
-                    &join(path, key),
+                    &join(path, flag),
                     format!(
-                        "{key} needs a pattern of type ip, ipv4 or ipv6 in the filter's regexes"
+                        "{flag} needs a pattern of type ip, ipv4 or ipv6 in the filter's regexes"
                     ),
                 );
             }
@@ -1140,13 +1153,17 @@ impl Checker {
     /// Compiles an action's argv. `<name>` of a pattern the filter captures
     /// becomes a hole; `<name>` of a pattern the filter does not capture is
     /// an error (it could never be filled); other `<...>` text is literal.
+    /// `filter_patterns` is `None` when the filter's regexes are invalid:
+    /// what they capture is unknown, so nothing is blamed on the action.
     fn action_cmd(
         &mut self,
         node: &Node,
         path: &str,
-        filter_patterns: &[String],
+        filter_patterns: Option<&[String]>,
         patterns: &Patterns,
     ) -> Option<Vec<ArgTemplate>> {
+        let regexes_valid = filter_patterns.is_some();
+        let filter_patterns = filter_patterns.unwrap_or(&[]);
         let argv = self.command(node, path)?;
         let Value::Seq(items) = &node.value else {
             return None;
@@ -1163,7 +1180,7 @@ impl Checker {
                     }
                     parts.push(ArgPart::Value(slot));
                     last = range.end;
-                } else if patterns.get(word).is_some() {
+                } else if regexes_valid && patterns.get(word).is_some() {
                     let captured: BTreeSet<&str> =
                         filter_patterns.iter().map(String::as_str).collect();
                     self.error(

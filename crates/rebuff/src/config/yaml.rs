@@ -343,7 +343,7 @@ impl Builder<'_> {
 
     /// Hands a finished node to its parent (or makes it the document).
     fn finish(&mut self, built: Built) -> Result<(), ParseError> {
-        let Some(frame) = self.stack.last_mut() else {
+        let Some((frame, parents)) = self.stack.split_last_mut() else {
             self.root = Some(built);
             return Ok(());
         };
@@ -373,10 +373,11 @@ impl Builder<'_> {
                         };
                         let line = built.node.loc.line;
                         if let Some(first) = seen.insert(name.clone(), line) {
+                            let path = key_path(parents, &name);
                             return Err(ParseError::new(
                                 built.node.loc,
                                 format!(
-                                    "the key {name:?} is written twice in this map \
+                                    "{path}: the key {name:?} is written twice in this map \
                                      (lines {first} and {line})"
                                 ),
                             ));
@@ -414,6 +415,33 @@ impl Builder<'_> {
         })
         .unwrap_or_default()
     }
+}
+
+/// The key path (`streams.ssh.filters`, `start[1]`) of `name` in the map
+/// whose parents are `frames`, outermost first.
+fn key_path(frames: &[Frame], name: &str) -> String {
+    let mut path = String::new();
+    for frame in frames {
+        match frame {
+            Frame::Seq { items, .. } => path.push_str(&format!("[{}]", items.len())),
+            Frame::Map {
+                pending: Some(PendingKey { key, .. }),
+                ..
+            } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.name);
+            }
+            // A map key being built is itself a map or list: not a path.
+            Frame::Map { pending: None, .. } => {}
+        }
+    }
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(name);
+    path
 }
 
 /// The entries a `<<` value contributes: a map, or a list of maps of which
@@ -765,6 +793,22 @@ mod tests {
         assert_eq!(at(&e.loc), (4, 3));
         assert!(e.message.contains("\"c\""), "{}", e.message);
         assert!(e.message.contains("lines 3 and 4"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_key_written_twice_is_named_by_its_key_path() {
+        let e = err("streams:\n  s:\n    filters:\n      f:\n        retry: 1\n        retry: 2\n");
+        assert_eq!(at(&e.loc), (6, 9), "the second key, not its value");
+        assert!(
+            e.message
+                .starts_with("streams.s.filters.f.retry: the key \"retry\" is written twice"),
+            "{}",
+            e.message
+        );
+        let e = err("start:\n  - [a]\n  - {x: 1, x: 2}\n");
+        assert!(e.message.starts_with("start[1].x: "), "{}", e.message);
+        let e = err("a: 1\na: 2\n");
+        assert!(e.message.starts_with("a: the key"), "{}", e.message);
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn retry_without_retryperiod_is_rejected() {
         "c.yml",
         &with_filter(IP, "        regex: ['from <ip>']\n        retry: 3\n"),
         &[
-            "c.yml:10:16",
+            "c.yml:10:9:",
             "streams.s.filters.f.retry",
             "must come with retryperiod",
         ],
@@ -51,7 +51,7 @@ fn retryperiod_without_retry_is_rejected() {
             "        regex: ['from <ip>']\n        retryperiod: 1h\n",
         ),
         &[
-            "c.yml:10:22",
+            "c.yml:10:9:",
             "streams.s.filters.f.retryperiod",
             "must come with retry",
         ],
@@ -154,8 +154,9 @@ fn a_mask_on_a_regex_pattern_is_rejected() {
             "  user:\n    regex: '\\w+'\n    ipv4mask: 24\n",
             "        regex: ['<user>']\n",
         ),
+        // At the key: the key is what is wrong here, not its value.
         &[
-            "c.yml:4:15",
+            "c.yml:4:5:",
             "patterns.user.ipv4mask",
             "only allowed on patterns of type ip or ipv4",
         ],
@@ -170,7 +171,7 @@ fn an_ipv6mask_on_an_ipv4_pattern_is_rejected() {
             "  ip:\n    type: ipv4\n    ipv6mask: 64\n",
             "        regex: ['<ip>']\n",
         ),
-        &["c.yml:4:15", "patterns.ip.ipv6mask", "not on type ipv4"],
+        &["c.yml:4:5:", "patterns.ip.ipv6mask", "not on type ipv4"],
     );
 }
 
@@ -199,7 +200,7 @@ fn ignorecidr_on_a_regex_pattern_is_rejected() {
             "        regex: ['<user>']\n",
         ),
         &[
-            "c.yml:4:17",
+            "c.yml:4:5:",
             "patterns.user.ignorecidr",
             "type ip, ipv4 or ipv6",
         ],
@@ -321,7 +322,7 @@ fn duplicate_and_duplicates_together_are_rejected() {
             IP,
             "        regex: ['<ip>']\n        duplicate: extend\n        duplicates: ignore\n",
         ),
-        &["duplicates", "keep one"],
+        &["c.yml:11:9:", "streams.s.filters.f.duplicates", "keep one"],
     );
 }
 
@@ -364,7 +365,7 @@ fn a_plugin_without_path_is_rejected() {
             "plugins:\n  ipset:\n    check_root: false\n{}",
             with_filter(IP, "        regex: ['<ip>']\n")
         ),
-        &["c.yml:3:5", "plugins.ipset", "needs a 'path'"],
+        &["c.yml:2:3:", "plugins.ipset", "needs a 'path'"],
     );
 }
 
@@ -376,7 +377,7 @@ fn a_pattern_without_regex_or_type_is_rejected() {
             "  user:\n    ignore: [root]\n",
             "        regex: ['<user>']\n",
         ),
-        &["c.yml:3:5", "patterns.user", "needs a 'regex'"],
+        &["c.yml:2:3:", "patterns.user", "needs a 'regex'"],
     );
 }
 
@@ -543,4 +544,221 @@ fn several_errors_are_all_reported_at_once() {
     let err = stderr(&output);
     assert!(err.contains("retry") && err.contains("duplicate"), "{err}");
     assert!(err.contains("2 errors"), "{err}");
+}
+
+/// `test-config`'s stderr for `text`, which must be rejected.
+fn rejection(file: &str, text: &str) -> String {
+    let config = write_config(file, text);
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    stderr(&output)
+}
+
+/// The error lines (a message may go on over indented lines), without the
+/// closing summary.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("ERROR ") && !l.starts_with("ERROR invalid configuration"))
+        .collect()
+}
+
+#[test]
+fn an_invalid_pattern_is_reported_once_not_again_by_each_filter_and_action_using_it() {
+    let err = rejection(
+        "c.yml",
+        r"patterns:
+  addr:
+    regex: '[0-9+'
+  user:
+    regex: '\w+'
+streams:
+  ssh:
+    cmd: ['cat']
+    filters:
+      one:
+        regex: ['fail from <addr>', 'bad <user> from <addr>']
+        actions:
+          ban: {cmd: ['echo', '<addr>']}
+          tell: {cmd: ['echo', '<user>']}
+  web:
+    cmd: ['cat']
+    filters:
+      two:
+        regex: ['GET from <addr>']
+        actions:
+          ban: {cmd: ['echo', '<addr>']}
+",
+    );
+    let errors = error_lines(&err);
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0]
+            .ends_with("c.yml:3:12: patterns.addr.regex: invalid regex: unclosed character class"),
+        "{err}"
+    );
+    assert!(err.contains("1 error"), "{err}");
+}
+
+#[test]
+fn an_invalid_filter_regex_does_not_blame_its_actions() {
+    let err = rejection(
+        "c.yml",
+        &with_filter(
+            "  ip:\n    type: ip\n  user:\n    regex: '\\w+'\n",
+            "        regex: ['from ( <ip> as <user>']\n        actions:\n          ban:\n            cmd: ['echo', '<ip>', '<user>']\n",
+        ),
+    );
+    assert_eq!(error_lines(&err).len(), 1, "{err}");
+    assert!(!err.contains("not captured"), "{err}");
+    let err = rejection(
+        "c.yml",
+        &with_filter(
+            "  user:\n    regex: '\\w+'\n",
+            "        regex: ['from <ipp> as <user>']\n        actions:\n          ban:\n            cmd: ['echo', '<user>']\n",
+        ),
+    );
+    assert_eq!(error_lines(&err).len(), 1, "{err}");
+    assert!(err.contains("<ipp> names no pattern"), "{err}");
+}
+
+#[test]
+fn an_unknown_pattern_type_is_one_error() {
+    let err = rejection(
+        "c.yml",
+        &with_filter("  ip:\n    type: ipx\n", "        regex: ['<ip>']\n"),
+    );
+    assert_eq!(error_lines(&err).len(), 1, "{err}");
+    assert!(err.contains("unknown pattern type 'ipx'"), "{err}");
+}
+
+#[test]
+fn a_regex_error_quotes_the_regex_as_written_with_a_caret_under_the_fault() {
+    let err = rejection(
+        "c.yml",
+        &with_filter(IP, "        regex: ['from ( <ip> port']\n"),
+    );
+    assert!(
+        err.contains(
+            "c.yml:9:17: streams.s.filters.f.regex[0]: invalid regex: unclosed group\n    from ( <ip> port\n         ^\n"
+        ),
+        "{err}"
+    );
+    // Nothing of the expansion of <ip> leaks.
+    assert!(
+        !err.contains("rebuff_") && !err.contains("0-9a-fA-F"),
+        "{err}"
+    );
+
+    // After a placeholder, the caret still lands in the text as written.
+    let err = rejection(
+        "c.yml",
+        &with_filter(IP, "        regex: ['from <ip> [port']\n"),
+    );
+    assert!(
+        err.contains("unclosed character class\n    from <ip> [port\n              ^\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_regex_error_inside_a_placeholder_points_at_the_placeholder() {
+    // The pattern's regex names a group, so using it twice repeats the name.
+    let err = rejection(
+        "c.yml",
+        &with_filter(
+            "  user:\n    regex: '(?P<u>\\w+)'\n",
+            "        regex: ['<user> then <user>']\n",
+        ),
+    );
+    assert!(
+        err.contains(
+            "duplicate capture group name\n    <user> then <user>\n                ^^^^^^\n"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pattern_regex_error_has_the_reason_and_a_caret() {
+    let err = rejection(
+        "c.yml",
+        &with_filter(
+            "  user:\n    regex: 'a{2,1}'\n",
+            "        regex: ['<user>']\n",
+        ),
+    );
+    assert!(
+        err.contains("patterns.user.regex: invalid regex: invalid repetition count range, the start must be <= the end\n    a{2,1}\n     ^^^^^\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_key_written_twice_is_named_by_its_key_path_in_yaml_and_json() {
+    let err = rejection(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        retry: 2\n        retry: 3\n",
+        ),
+    );
+    assert!(
+        err.contains("c.yml:11:9: streams.s.filters.f.retry: the key \"retry\" is written twice"),
+        "{err}"
+    );
+    let err = rejection(
+        "c.json",
+        "{\"streams\": {\"s\": {\"cmd\": [\"cat\"],\n  \"cmd\": [\"true\"]}}}",
+    );
+    assert!(
+        err.contains("c.json:2:3: streams.s.cmd: the key \"cmd\" is written twice"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_key_is_reported_at_the_key_of_what_lacks_it() {
+    let err = rejection(
+        "c.yml",
+        "streams:\n  s:\n    filters:\n      f:\n        retry: 2\n        retryperiod: 1m\n        actions:\n          ban:\n            after: 1m\n",
+    );
+    for expected in [
+        "c.yml:2:3: streams.s: a stream needs a 'cmd'",
+        "c.yml:4:7: streams.s.filters.f: a filter needs a 'regex' list",
+        "c.yml:8:11: streams.s.filters.f.actions.ban: an action needs a 'cmd'",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn a_patterns_section_that_is_not_a_map_is_one_error() {
+    let err = rejection(
+        "c.yml",
+        "patterns:\n  - ip\nstreams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n        regex: ['from <ip>']\n        actions:\n          ban: {cmd: ['echo', '<ip>']}\n",
+    );
+    assert_eq!(error_lines(&err).len(), 1, "{err}");
+    assert!(err.contains("patterns: expected a map"), "{err}");
+}
+
+#[test]
+fn a_json_error_about_a_key_points_at_the_key_not_its_value() {
+    let err = rejection(
+        "c.json",
+        r#"{"patterns": {"ip": {"type": "ip", "ipv4mask": 24}, "user": {"regex": "\\w+", "ipv4mask": 24}},
+ "streams": {"s": {"cmd": ["cat"], "filters": {"f": {"regex": ["<ip>"], "retry": 2,
+  "actions": {"ban": {"cmd": ["true"]}}}}}}}
+"#,
+    );
+    for expected in [
+        "c.json:1:79: patterns.user.ipv4mask: ipv4mask is only allowed",
+        "c.json:2:73: streams.s.filters.f.retry: retry must come with retryperiod",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in:\n{err}");
+    }
 }

@@ -601,6 +601,122 @@ fn trigger_bans_at_once_bypassing_retry_and_rejects_bad_values() {
 }
 
 #[test]
+fn show_and_flush_quote_a_bad_value_regex_as_typed_with_its_reason() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    for command in ["show", "flush"] {
+        let out = daemon.client(command, &["ip=192.0.2.(1"]);
+        assert!(!out.status.success(), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(
+                "invalid regex for pattern ip: unclosed group\n    192.0.2.(1\n            ^\n"
+            ),
+            "{command}: {err}"
+        );
+        // The anchoring added inside the daemon does not show.
+        assert!(!err.contains("(?:"), "{command}: {err}");
+    }
+    daemon.stop();
+}
+
+/// One request line on the control socket, as a client that is not
+/// `rebuff` may send it; returns the raw answer.
+fn raw_request(socket: &Path, line: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    stream.write_all(line.as_bytes()).expect("send");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
+#[test]
+fn trigger_checks_every_value_against_its_patterns_regex_and_keeps_nothing_refused() {
+    let site = Site::new();
+    site.config(
+        r#"
+state_directory: {dir}/state
+patterns:
+  ip:
+    type: ip
+  user:
+    regex: '\w+'
+streams:
+  ssh:
+    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
+    filters:
+      failed:
+        regex:
+          - 'Failed password for <user> from <ip> port'
+        actions:
+          ban:
+            cmd: ['sh', '-c', 'echo "ban $1 $2" >> {dir}/actions.log', 'sh', '<ip>', '<user>']
+          unban:
+            cmd: ['sh', '-c', 'echo "unban $1 $2" >> {dir}/actions.log', 'sh', '<ip>', '<user>']
+            after: 1h
+"#,
+    );
+    let daemon = site.start();
+
+    let out = daemon.client("trigger", &["ssh.failed", "ip=192.0.2.9", "user=root\nx"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"user="root\nx" does not match the pattern's regex '\w+' as a whole"#),
+        "{err}"
+    );
+    let out = daemon.client("trigger", &["ssh.failed", "ip=192.0.2.9", "user=ro ot"]);
+    assert!(!out.status.success());
+    let out = daemon.client("trigger", &["ssh.failed", "ip=192.0.2.300", "user=root"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(r#"ip="192.0.2.300" is not an address of type ip"#),
+        "{err}"
+    );
+
+    // A NUL cannot be typed on a command line, but any client may send one.
+    for (user, ip) in [("ro\\u0000ot", "192.0.2.9"), ("root", "192.0.2.9\\u0000")] {
+        let answer = raw_request(
+            &daemon.socket,
+            &format!(
+                "{{\"version\":1,\"command\":\"trigger\",\"stream\":\"ssh\",\"filter\":\"failed\",\
+                 \"patterns\":[[\"user\",\"{user}\"],[\"ip\",\"{ip}\"]]}}\n"
+            ),
+        );
+        assert!(
+            answer.contains("holds a NUL character, which no command argument can carry"),
+            "{answer}"
+        );
+    }
+
+    let out = daemon.client("trigger", &["ssh.failed", "ip=192.0.2.9", "user=root"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the ban", || site.count_action("ban 192.0.2.9 root") == 1);
+    daemon.stop();
+
+    // Nothing refused was kept: the restart re-runs the one accepted ban.
+    let daemon = site.start();
+    wait_until("the ban run again", || {
+        site.count_action("ban 192.0.2.9 root") == 2
+    });
+    let tree = daemon.show(&[]);
+    let keys: Vec<&String> = tree["ssh"]["failed"]
+        .as_object()
+        .expect("the accepted trigger")
+        .keys()
+        .collect();
+    assert_eq!(keys, ["192.0.2.9 root"], "{tree}");
+    let out = daemon.stop();
+    assert!(!out.contains("ERROR"), "{out}");
+}
+
+#[test]
 fn the_daemon_exits_when_every_stream_ends_after_onexit_and_stop_commands() {
     let site = Site::new();
     site.config(

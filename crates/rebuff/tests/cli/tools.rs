@@ -139,6 +139,39 @@ fn test_regex_with_an_unknown_pattern_fails_clearly() {
 }
 
 #[test]
+fn test_regex_says_why_a_regex_is_invalid_in_the_regex_as_typed() {
+    let output = rebuff()
+        .args(["test-regex", "-c"])
+        .arg(fixture("valid/example.yml"))
+        .args(["from <ip> (port", "x"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert_eq!(
+        err,
+        "ERROR invalid regex: unclosed group\n    from <ip> (port\n              ^\n"
+    );
+}
+
+#[test]
+fn test_regex_lists_the_patterns_when_a_placeholder_names_none() {
+    let output = rebuff()
+        .args(["test-regex", "-c"])
+        .arg(fixture("valid/example.yml"))
+        .args(["from <nope>", "x"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("<nope> names no pattern of the configuration (its patterns: "),
+        "{err}"
+    );
+    assert!(err.contains("ip"), "{err}");
+}
+
+#[test]
 fn version_prints_name_and_version() {
     let output = rebuff().arg("-V").output().expect("runs");
     assert_eq!(

@@ -279,10 +279,11 @@ impl Checker {
             for (filter, rules_node) in filters {
                 let path = join(&stream_path, &filter.name);
                 let rules = self.label_rules(rules_node, &path);
-                out.insert(
-                    (stream.name.clone(), filter.name.clone()),
-                    (rules, filter.loc.clone()),
-                );
+                let locs = RuleLocs {
+                    stream: stream.loc.clone(),
+                    filter: filter.loc.clone(),
+                };
+                out.insert((stream.name.clone(), filter.name.clone()), (rules, locs));
             }
         }
         out
@@ -318,13 +319,19 @@ impl Checker {
                 );
             }
         }
-        for ((stream_name, filter_name), (rules, loc)) in per_filter {
+        let mut missing_streams = Vec::new();
+        for ((stream_name, filter_name), (rules, locs)) in per_filter {
             let path = format!("metrics.for.{stream_name}.{filter_name}");
             let Some(stream) = streams.iter().find(|s| &s.name == stream_name) else {
+                // Once per stream, however many of its filters have rules.
+                if missing_streams.contains(&stream_name) {
+                    continue;
+                }
+                missing_streams.push(stream_name);
                 let names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
                 self.error(
-                    loc,
-                    &path,
+                    &locs.stream,
+                    &join("metrics.for", stream_name),
                     format!(
                         "there is no stream '{stream_name}' (streams: {})",
                         names.join(", ")
@@ -335,7 +342,7 @@ impl Checker {
             let Some(filter) = stream.filters.iter().find(|f| &f.name == filter_name) else {
                 let names: Vec<&str> = stream.filters.iter().map(|f| f.name.as_str()).collect();
                 self.error(
-                    loc,
+                    &locs.filter,
                     &path,
                     format!(
                         "stream '{stream_name}' has no filter '{filter_name}' (filters: {})",
@@ -410,7 +417,13 @@ impl Checker {
     }
 }
 
-type PerFilterRules = BTreeMap<(String, String), (BTreeMap<String, (LabelRule, Node)>, super::Loc)>;
+type PerFilterRules = BTreeMap<(String, String), (BTreeMap<String, (LabelRule, Node)>, RuleLocs)>;
+
+/// Where the stream and filter keys of a `for.<stream>.<filter>` rule are.
+struct RuleLocs {
+    stream: super::Loc,
+    filter: super::Loc,
+}
 
 /// Why `name` is not usable as a Prometheus label, if it is not.
 fn label_name_problem(name: &str) -> Option<&'static str> {
@@ -517,13 +530,17 @@ streams:
 
     #[test]
     fn rules_for_unknown_streams_filters_and_patterns_are_errors() {
-        let e = error("metrics:\n  for:\n    web:\n      failed: {ip: false}\n");
-        assert!(
-            e.contains("metrics.for.web.failed: there is no stream 'web' (streams: ssh)"),
-            "{e}"
+        // Once, at the stream's key, however many filters it lists.
+        let e = error("metrics:\n  for:\n    web:\n      failed: {ip: false}\n      b: {}\n");
+        assert_eq!(
+            e,
+            "c.yml:15:5: metrics.for.web: there is no stream 'web' (streams: ssh)"
         );
         let e = error("metrics:\n  for:\n    ssh:\n      nope: {ip: false}\n");
-        assert!(e.contains("stream 'ssh' has no filter 'nope'"), "{e}");
+        assert!(
+            e.contains("c.yml:16:7: metrics.for.ssh.nope: stream 'ssh' has no filter 'nope'"),
+            "{e}"
+        );
         let e = error("metrics:\n  all: {email: false}\n");
         assert!(
             e.contains("metrics.all.email: no filter uses a pattern named 'email'"),
