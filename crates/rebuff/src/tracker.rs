@@ -1098,7 +1098,10 @@ impl Tracker {
     /// keeps what it could not write and retries later, the state in memory
     /// is untouched, and actions run anyway.
     fn commit_or_log(&mut self) {
-        if let Err(e) = self.commit() {
+        let committed = self.commit();
+        self.metrics
+            .store_dropped_records(self.store.dropped_records());
+        if let Err(e) = committed {
             self.report.store_errors += 1;
             self.metrics.store_error();
             tracing::error!(error = %format!("{e:#}"), "state commit failed; actions run on, the state is kept in memory and written later");

@@ -255,6 +255,7 @@ pub struct Metrics {
     commands_delta: Mutex<Vec<(CommandRun, u64)>>,
     store_size: AtomicU64,
     store_errors: AtomicU64,
+    store_dropped_records: AtomicU64,
     store_commit: Histogram,
     labelled: Option<Labelled>,
     started: Instant,
@@ -361,6 +362,7 @@ impl Metrics {
             commands_delta: Mutex::new(Vec::new()),
             store_size: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            store_dropped_records: AtomicU64::new(0),
             store_commit: Histogram::new(COMMIT_BUCKETS),
             labelled,
             started: Instant::now(),
@@ -556,6 +558,11 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the store has dropped so far (its own running total).
+    pub fn store_dropped_records(&self, total: u64) {
+        self.store_dropped_records.store(total, Ordering::Relaxed);
     }
 
     /// Whether scrapes need every jailed key from the tracker.
@@ -786,6 +793,16 @@ impl Metrics {
             "Store commits or compactions that failed.",
         );
         e.sample("rebuff_store_errors_total", &[], load(&self.store_errors));
+        e.family(
+            "rebuff_store_dropped_records_total",
+            Kind::Counter,
+            "Records dropped unwritten while the store could not write (the next compaction writes the state from memory).",
+        );
+        e.sample(
+            "rebuff_store_dropped_records_total",
+            &[],
+            load(&self.store_dropped_records),
+        );
 
         let Some(labelled) = &self.labelled else {
             return;
