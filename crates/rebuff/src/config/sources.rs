@@ -4,13 +4,28 @@
 //! byte-wise name order; names starting with `.` or `_` are skipped (they are
 //! typically JSONnet libraries imported by the others), so are names without
 //! a supported extension and subdirectories. The files' top-level maps are
-//! merged: `patterns`, `streams` and `plugins` entries are pooled, a name
-//! defined twice is an error naming both places; `start` and `stop` lists are
-//! concatenated in file order; any other key set in two files is an error.
+//! merged:
+//!
+//! * `patterns` and `plugins` entries are pooled; a name defined in two files
+//!   is an error naming both places.
+//! * `streams` are pooled too, but a stream may be spread over several files,
+//!   as reaction allows: one file gives its `cmd` and some filters, another
+//!   adds more filters. Its filters are merged in file order; a filter name
+//!   given in two files is an error naming both (reaction does not merge one
+//!   filter across files either). Any other key of the stream (`cmd`, `type`,
+//!   `options`) may appear in several files only with the same value: two
+//!   different `cmd`s would leave the stream's command to the file order, a
+//!   silent choice the user cannot see, so it is an error naming both places.
+//!   Repeating the same `cmd` is harmless and lets each file be read alone.
+//! * `start` and `stop` lists are concatenated in file order.
+//! * `definitions` (reaction's place for YAML anchors) is dropped from every
+//!   file, so each file may have its own.
+//! * Any other key set in two files is an error.
 
 use std::path::{Path, PathBuf};
 
 use super::tree::{Key, Loc, Node, ParseError, Value, shared_path};
+use super::validate::DEFINITIONS;
 use super::{ConfigError, ConfigErrors, json, jsonnet, yaml};
 
 /// The configuration formats, by file extension.
@@ -135,8 +150,8 @@ fn parse_file(path: &Path, format: Format, root: &Path) -> Result<Node, ParseErr
     }
 }
 
-/// Keys whose entries are pooled across files.
-const POOLED: [&str; 3] = ["patterns", "streams", "plugins"];
+/// Keys whose entries are pooled across files, a name in one file only.
+const POOLED: [&str; 2] = ["patterns", "plugins"];
 /// Keys whose lists are concatenated across files.
 const CONCATENATED: [&str; 2] = ["start", "stop"];
 
@@ -160,13 +175,18 @@ impl Merger {
             return;
         };
         for (key, node) in entries {
+            if key.name == DEFINITIONS {
+                continue;
+            }
             let existing = self.entries.iter_mut().find(|(k, _)| k.name == key.name);
             let Some((existing_key, existing_node)) = existing else {
                 self.entries.push((key, node));
                 continue;
             };
             let name = key.name.as_str();
-            if POOLED.contains(&name) {
+            if name == "streams" {
+                merge_streams(existing_node, node, errors);
+            } else if POOLED.contains(&name) {
                 merge_pooled(name, existing_node, node, errors);
             } else if CONCATENATED.contains(&name) {
                 match (&mut existing_node.value, node.value) {
@@ -224,6 +244,106 @@ fn merge_pooled(section: &str, into: &mut Node, node: Node, errors: &mut Vec<Con
     }
 }
 
+/// Pools the streams of one more file into `into`, merging a stream that
+/// is already defined (see the module documentation).
+fn merge_streams(into: &mut Node, node: Node, errors: &mut Vec<ConfigError>) {
+    let (Value::Map(streams), Value::Map(more)) = (&mut into.value, node.value) else {
+        // Validation reports a non-map section; nothing sensible to merge.
+        return;
+    };
+    for (key, stream) in more {
+        let Some((first_key, existing)) = streams.iter_mut().find(|(k, _)| k.name == key.name)
+        else {
+            streams.push((key, stream));
+            continue;
+        };
+        let path = format!("streams.{}", key.name);
+        let (Value::Map(fields), Value::Map(more_fields)) = (&mut existing.value, stream.value)
+        else {
+            errors.push(ConfigError {
+                loc: Some(key.loc.clone()),
+                path,
+                message: format!(
+                    "'{}' is also defined at {}, and a stream defined in several files must be a map in each",
+                    key.name, first_key.loc
+                ),
+            });
+            continue;
+        };
+        for (field_key, value) in more_fields {
+            let field_path = format!("{path}.{}", field_key.name);
+            let Some((first_field, existing_value)) =
+                fields.iter_mut().find(|(k, _)| k.name == field_key.name)
+            else {
+                fields.push((field_key, value));
+                continue;
+            };
+            if field_key.name == "filters" {
+                merge_filters(&field_path, existing_value, value, errors);
+            } else if !same_value(existing_value, &value) {
+                errors.push(ConfigError {
+                    loc: Some(field_key.loc.clone()),
+                    path: field_path,
+                    message: format!(
+                        "'{}' of stream '{}' is set differently here and at {}; \
+                         a stream spread over several files takes its '{}' from one file \
+                         (or the same value in each)",
+                        field_key.name, key.name, first_field.loc, field_key.name
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Adds the filters of one more file to a stream's `filters`.
+fn merge_filters(path: &str, into: &mut Node, node: Node, errors: &mut Vec<ConfigError>) {
+    let (Value::Map(filters), Value::Map(more)) = (&mut into.value, node.value) else {
+        if !matches!(into.value, Value::Map(_)) {
+            // Validation reports the first value's shape.
+            return;
+        }
+        errors.push(ConfigError {
+            loc: Some(node.loc),
+            path: path.to_owned(),
+            message: "expected a map of filter names to filters".to_owned(),
+        });
+        return;
+    };
+    for (key, filter) in more {
+        if let Some((first, _)) = filters.iter().find(|(k, _)| k.name == key.name) {
+            errors.push(ConfigError {
+                loc: Some(key.loc.clone()),
+                path: format!("{path}.{}", key.name),
+                message: format!(
+                    "filter '{}' is already defined at {}; a stream's filters may be spread \
+                     over several files, but each filter is defined in one file only",
+                    key.name, first.loc
+                ),
+            });
+            continue;
+        }
+        filters.push((key, filter));
+    }
+}
+
+/// Whether two values are the same, wherever they were written.
+fn same_value(a: &Node, b: &Node) -> bool {
+    match (&a.value, &b.value) {
+        (Value::Seq(x), Value::Seq(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
+        }
+        (Value::Map(x), Value::Map(y)) => {
+            x.len() == y.len()
+                && x.iter().all(|(ka, a)| {
+                    y.iter()
+                        .any(|(kb, b)| ka.name == kb.name && same_value(a, b))
+                })
+        }
+        (x, y) => x == y,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,15 +374,115 @@ mod tests {
         assert_eq!(names, vec!["a.json", "b.yml", "c.jsonnet"]);
     }
 
+    /// The entry `name` of a map node.
+    fn get<'n>(node: &'n Node, name: &str) -> &'n Node {
+        crate::config::tree::testing::entry(node, name).1
+    }
+
+    fn names(node: &Node) -> Vec<&str> {
+        let Value::Map(entries) = &node.value else {
+            panic!("not a map: {node:?}")
+        };
+        entries.iter().map(|(k, _)| k.name.as_str()).collect()
+    }
+
     #[test]
-    fn a_stream_defined_in_two_files_is_an_error_naming_both() {
+    fn a_stream_split_across_files_merges_its_filters_in_file_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), "a.yml", "streams:\n  ssh:\n    cmd: [a]\n");
-        write(dir.path(), "b.yml", "streams:\n  ssh:\n    cmd: [b]\n");
+        write(
+            dir.path(),
+            "a.yml",
+            "streams:\n  ssh:\n    cmd: [a]\n    filters:\n      f1: {regex: [x]}\n",
+        );
+        write(
+            dir.path(),
+            "b.json",
+            r#"{"streams": {"ssh": {"filters": {"f3": {}, "f2": {}}}, "web": {}}}"#,
+        );
+        write(
+            dir.path(),
+            "c.yml",
+            "streams:\n  ssh:\n    cmd: [a]\n    filters:\n      f0: {}\n",
+        );
+        let root = read(dir.path()).expect("merges");
+        let streams = get(&root, "streams");
+        assert_eq!(names(streams), ["ssh", "web"]);
+        let ssh = get(streams, "ssh");
+        assert_eq!(names(ssh), ["cmd", "filters"]);
+        assert_eq!(names(get(ssh, "filters")), ["f1", "f3", "f2", "f0"]);
+        // Merged filters keep the file they were written in.
+        let (key, _) = crate::config::tree::testing::entry(get(ssh, "filters"), "f0");
+        assert!(key.loc.to_string().ends_with("c.yml:5:7"), "{}", key.loc);
+    }
+
+    #[test]
+    fn the_same_filter_in_two_files_is_an_error_naming_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "a.yml",
+            "streams:\n  ssh:\n    cmd: [a]\n    filters:\n      f: {}\n",
+        );
+        write(
+            dir.path(),
+            "b.yml",
+            "streams:\n  ssh:\n    filters:\n      g: {}\n      f: {}\n",
+        );
+        let err = read(dir.path()).expect_err("duplicate").to_string();
+        assert!(err.contains("b.yml:5:7"), "{err}");
+        assert!(err.contains("a.yml:5:7"), "{err}");
+        assert!(err.contains("streams.ssh.filters.f"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
+    fn a_stream_cmd_in_two_files_must_be_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "a.yml",
+            "streams:\n  ssh:\n    cmd: [tail, -F, x]\n    filters: {f: {}}\n",
+        );
+        write(
+            dir.path(),
+            "b.json",
+            r#"{"streams": {"ssh": {"cmd": ["tail", "-F", "x"], "filters": {"g": {}}}}}"#,
+        );
+        read(dir.path()).expect("the same cmd twice is fine");
+        write(
+            dir.path(),
+            "c.yml",
+            "streams:\n  ssh:\n    cmd: [tail, -F, y]\n",
+        );
+        let err = read(dir.path()).expect_err("different cmd").to_string();
+        assert!(err.contains("c.yml:3:5"), "{err}");
+        assert!(err.contains("a.yml:3:5"), "{err}");
+        assert!(err.contains("streams.ssh.cmd"), "{err}");
+        assert!(err.contains("set differently"), "{err}");
+    }
+
+    #[test]
+    fn definitions_may_be_in_every_file_and_are_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(
+            dir.path(),
+            "a.yml",
+            "definitions:\n  - &cat [cat]\nstreams:\n  s: {cmd: *cat}\n",
+        );
+        write(dir.path(), "b.yml", "definitions: {x: 1}\nconcurrency: 1\n");
+        let root = read(dir.path()).expect("merges");
+        assert_eq!(names(&root), ["streams", "concurrency"]);
+    }
+
+    #[test]
+    fn a_pattern_defined_in_two_files_is_an_error_naming_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "a.yml", "patterns:\n  ip:\n    type: ip\n");
+        write(dir.path(), "b.yml", "patterns:\n  ip:\n    type: ip\n");
         let err = read(dir.path()).expect_err("duplicate").to_string();
         assert!(err.contains("b.yml:2:3"), "{err}");
         assert!(err.contains("a.yml:2:3"), "{err}");
-        assert!(err.contains("streams.ssh"), "{err}");
+        assert!(err.contains("patterns.ip"), "{err}");
     }
 
     #[test]

@@ -34,7 +34,12 @@ const TOP_KEYS: &[&str] = &[
     "state_rotation_interval",
     "plugins",
     "metrics",
+    DEFINITIONS,
 ];
+/// reaction's example configuration keeps its YAML anchors under this key
+/// ("definitions are not read by reaction"): accepted with any value,
+/// ignored, and left out of the printed configuration.
+pub const DEFINITIONS: &str = "definitions";
 const PATTERN_KEYS: &[&str] = &[
     "regex",
     "ignore",
@@ -78,6 +83,16 @@ pub fn compile(root: &Node) -> Result<Config, ConfigErrors> {
             message: "invalid configuration".into(),
         }])
     })
+}
+
+/// The configuration as `test-config` prints it: the tree without the
+/// ignored top-level `definitions`.
+fn document(root: &Node) -> serde_json::Value {
+    let mut document = to_json(root);
+    if let serde_json::Value::Object(entries) = &mut document {
+        entries.shift_remove(DEFINITIONS);
+    }
+    document
 }
 
 /// Converts a tree to JSON, keeping key order (for `test-config`).
@@ -159,6 +174,92 @@ pub fn unknown_key_message(name: &str, known: &[&str]) -> String {
         "unknown key '{name}'{hint} (accepted here: {})",
         known.join(", ")
     )
+}
+
+/// Warnings for `\<` written right before a `<name>` placeholder, or `\>`
+/// right after one. In Go's regexps (reaction 1) these escaped a literal
+/// angle bracket; in Rust's (reaction 2 and rebuff) they assert the start
+/// or end of a word. `\<<ip>\>` then never matches `<203.0.113.7>` and
+/// requires a word character where a value like `::1` has none.
+fn legacy_word_escapes(text: &str) -> Vec<String> {
+    let odd_backslashes =
+        |before: &str| before.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1;
+    let mut warnings = Vec::new();
+    for (range, name) in placeholders(text) {
+        let before = &text[..range.start];
+        if let Some(head) = before.strip_suffix('<')
+            && odd_backslashes(head)
+        {
+            warnings.push(format!(
+                "`\\<` before <{name}> is a start-of-word assertion here, not a literal '<' \
+                 as in reaction 1's Go regexps: the regex cannot match a '<' written before \
+                 the value; write `<<{name}>` for a literal '<', or `\\b` for a word boundary"
+            ));
+        }
+        let after = &text[range.end..];
+        if after.starts_with("\\>") {
+            warnings.push(format!(
+                "`\\>` after <{name}> is an end-of-word assertion here, not a literal '>' \
+                 as in reaction 1's Go regexps: the regex cannot match a '>' written after \
+                 the value; write `<{name}>>` for a literal '>', or `\\b` for a word boundary"
+            ));
+        }
+    }
+    warnings
+}
+
+/// Why `regex` (already known to compile) can never match a line, when that
+/// is cheap to see: an empty character class that something requires, or a
+/// `^`/`$` (start/end of the line) with required text before/after it.
+fn never_matches(regex: &str) -> Option<String> {
+    use regex_syntax::hir::{Hir, HirKind, Look};
+
+    fn reason(hir: &Hir) -> Option<&'static str> {
+        match hir.kind() {
+            HirKind::Empty | HirKind::Literal(_) | HirKind::Look(_) => None,
+            HirKind::Class(_) => hir
+                .properties()
+                .minimum_len()
+                .is_none()
+                .then_some("it requires a character from an empty class"),
+            HirKind::Repetition(rep) if rep.min == 0 => None,
+            HirKind::Repetition(rep) => reason(&rep.sub),
+            HirKind::Capture(cap) => reason(&cap.sub),
+            HirKind::Alternation(alternatives) => {
+                let reasons: Vec<_> = alternatives.iter().map(reason).collect();
+                if reasons.iter().all(Option::is_some) {
+                    reasons.into_iter().flatten().next()
+                } else {
+                    None
+                }
+            }
+            HirKind::Concat(items) => {
+                if let Some(found) = items.iter().find_map(reason) {
+                    return Some(found);
+                }
+                let consumes = |h: &Hir| h.properties().minimum_len().is_some_and(|n| n > 0);
+                for (i, item) in items.iter().enumerate() {
+                    match item.kind() {
+                        HirKind::Look(Look::Start) if items[..i].iter().any(consumes) => {
+                            return Some(
+                                "`^` (the start of the line) comes after text the regex requires",
+                            );
+                        }
+                        HirKind::Look(Look::End) if items[i + 1..].iter().any(consumes) => {
+                            return Some(
+                                "`$` (the end of the line) comes before text the regex requires",
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    let hir = regex_syntax::Parser::new().parse(regex).ok()?;
+    reason(&hir).map(|why| format!("this regex can never match: {why}"))
 }
 
 fn is_word(name: &str) -> bool {
@@ -353,7 +454,7 @@ impl Checker {
         let metrics = get(entries, "metrics").and_then(|n| self.metrics(n, &streams));
 
         Some(Config {
-            document: to_json(root),
+            document: document(root),
             patterns,
             streams,
             start,
@@ -457,13 +558,19 @@ impl Checker {
         }
         if let (Some(re), Some(node)) = (&regex, get(entries, "regex"))
             && kind == PatternKind::Regex
-            && let Err(e) = regex::Regex::new(re)
         {
-            self.error(
-                &node.loc,
-                &join(path, "regex"),
-                format!("invalid regex: {e}"),
-            );
+            match regex::Regex::new(re) {
+                Err(e) => self.error(
+                    &node.loc,
+                    &join(path, "regex"),
+                    format!("invalid regex: {e}"),
+                ),
+                Ok(_) => {
+                    if let Some(warning) = never_matches(re) {
+                        self.warn(&node.loc, &join(path, "regex"), warning);
+                    }
+                }
+            }
         }
 
         let ignore = self.string_list(entries, path, "ignore");
@@ -978,6 +1085,12 @@ impl Checker {
                 ok = false;
                 continue;
             }
+            for warning in legacy_word_escapes(text)
+                .into_iter()
+                .chain(never_matches(&expanded.regex))
+            {
+                self.warn(&item.loc, &item_path, warning);
+            }
             match &first {
                 None => first = Some((expanded.names, i)),
                 Some((names, j)) if *names != expanded.names => {
@@ -1212,6 +1325,86 @@ mod tests {
     fn the_valid_fixture_compiles() {
         let config = load_yaml(VALID).expect("valid");
         assert!(!config.streams.is_empty());
+    }
+
+    /// A one-filter configuration around `regex` (YAML single-quoted).
+    fn with_regex(patterns: &str, regex: &str) -> String {
+        format!(
+            "patterns:\n  ip:\n    type: ip\n{patterns}streams:\n  s:\n    cmd: [cat]\n    filters:\n      f:\n        regex: ['{regex}']\n"
+        )
+    }
+
+    fn warnings(text: &str) -> Vec<String> {
+        let config = load_yaml(text).expect("valid");
+        config.warnings.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn top_level_definitions_are_accepted_and_left_out_of_the_document() {
+        let text = format!(
+            "definitions:\n  - &tail ['tail', '-F']\n  - {{any: [thing]}}\n{}",
+            with_regex("", "from <ip>")
+        );
+        let config = load_yaml(&text).expect("valid");
+        assert!(config.document.get("definitions").is_none());
+        assert!(config.document.get("streams").is_some());
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let err = load_yaml(&format!("definition: 1\n{}", with_regex("", "<ip>")))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("c.yml:1:1"), "{err}");
+        assert!(err.contains("did you mean 'definitions'"), "{err}");
+    }
+
+    #[test]
+    fn go_style_angle_escapes_around_a_placeholder_warn() {
+        let found = warnings(&with_regex("", r"from \<<ip>\> port"));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("c.yml:9:17"), "{found:?}");
+        assert!(
+            found[0].contains("streams.s.filters.f.regex[0]"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("start-of-word"), "{found:?}");
+        assert!(found[0].contains("`<<ip>`"), "{found:?}");
+        assert!(found[1].contains("end-of-word"), "{found:?}");
+        // Why: Rust's regex reads `\<` as an assertion, so the written '<'
+        // of a line can never be matched.
+        let re = regex::Regex::new(r"from \<[0-9.]+\>").expect("compiles");
+        assert!(!re.is_match("from <203.0.113.7>"));
+        assert!(re.is_match("from 203.0.113.7"));
+        // An escaped backslash before '<', a literal '<', and `\<` not next
+        // to a placeholder are not the legacy escape.
+        for regex in [r"a\\<<ip>", "<<ip>>", r"\<word\> <ip>"] {
+            assert!(warnings(&with_regex("", regex)).is_empty(), "{regex}");
+        }
+    }
+
+    #[test]
+    fn regexes_that_can_never_match_warn() {
+        for (regex, why) in [
+            (r"<ip>$ port", "`$`"),
+            (r"x^<ip>", "`^`"),
+            (r"<ip>[^\s\S]", "empty class"),
+            (r"(<ip>$ a|^b <ip>$ c)", "`$`"),
+        ] {
+            let found = warnings(&with_regex("", regex));
+            assert_eq!(found.len(), 1, "{regex}: {found:?}");
+            assert!(found[0].contains("can never match"), "{found:?}");
+            assert!(found[0].contains(why), "{regex}: {found:?}");
+        }
+        for regex in [
+            r"^from <ip>$",
+            r"(^|x)<ip>",
+            r"<ip>($|,)",
+            r"<ip>(?m:$\n)?",
+            r"<ip> [^\s\S]*",
+        ] {
+            assert!(warnings(&with_regex("", regex)).is_empty(), "{regex}");
+        }
+        let found = warnings(&with_regex("  user:\n    regex: 'a$b'\n", "<ip>"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("patterns.user.regex"), "{found:?}");
     }
 
     proptest! {

@@ -2,7 +2,7 @@
 //! anything starts, with exit code 1 and a message naming the file, line,
 //! column, key path, what was found and what is accepted.
 
-use super::{rebuff, stderr, write_config};
+use super::{fixture, rebuff, stderr, stdout, write_config};
 
 /// A valid stream around `filter_body` (indented for `streams.s.filters.f`).
 fn with_filter(patterns: &str, filter_body: &str) -> String {
@@ -504,16 +504,136 @@ fn directory_errors(other_name: &str, other_text: &str) -> String {
 }
 
 #[test]
-fn a_stream_defined_in_two_files_names_both() {
+fn the_same_filter_of_a_stream_in_two_files_names_both() {
     let err = directory_errors(
         "b.yml",
         "streams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n        regex: ['x']\n",
     );
     assert!(
-        err.contains("b.yml:2:3") && err.contains("a.yml:5:3"),
+        err.contains("b.yml:5:7") && err.contains("a.yml:8:7"),
         "{err}"
     );
-    assert!(err.contains("streams.s"), "{err}");
+    assert!(err.contains("streams.s.filters.f"), "{err}");
+    assert!(err.contains("1 error"), "{err}");
+}
+
+#[test]
+fn a_stream_cmd_given_differently_in_two_files_names_both() {
+    let err = directory_errors(
+        "b.yml",
+        "streams:\n  s:\n    cmd: ['tail', '-F', 'x']\n    filters:\n      g:\n        regex: ['<ip>']\n",
+    );
+    assert!(
+        err.contains("b.yml:3:5") && err.contains("a.yml:6:5"),
+        "{err}"
+    );
+    assert!(err.contains("streams.s.cmd"), "{err}");
+    assert!(err.contains("set differently"), "{err}");
+}
+
+#[test]
+fn a_split_stream_without_cmd_in_any_file_is_rejected() {
+    let config = write_config(
+        "a.yml",
+        "patterns:\n  ip:\n    type: ip\nstreams:\n  s:\n    filters:\n      f:\n        regex: ['<ip>']\n",
+    );
+    std::fs::write(
+        config.dir.path().join("b.yml"),
+        "streams:\n  s:\n    filters:\n      g:\n        regex: ['<ip>']\n",
+    )
+    .expect("write");
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(config.dir.path())
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.yml:6:5"), "{err}");
+    assert!(err.contains("streams.s: a stream needs a 'cmd'"), "{err}");
+}
+
+#[test]
+fn reaction_example_style_definitions_load_unchanged() {
+    let output = rebuff()
+        .args(["test-config", "-f", "json", "-c"])
+        .arg(fixture("valid/definitions.yml"))
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(err.is_empty(), "no warnings expected: {err}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("json");
+    assert!(
+        doc.get("definitions").is_none(),
+        "definitions are not printed"
+    );
+    let portscan = &doc["streams"]["kernel"]["filters"]["portscan"];
+    assert_eq!(portscan["retry"], 4, "{portscan}");
+    assert_eq!(portscan["actions"]["unban"]["after"], "2d", "{portscan}");
+    assert_eq!(
+        doc["streams"]["ssh"]["filters"]["failedlogin"]["actions"]["ban"]["cmd"][5],
+        "<ip>"
+    );
+}
+
+#[test]
+fn an_unknown_top_level_key_beside_definitions_is_still_rejected() {
+    assert_rejected(
+        "c.yml",
+        &format!(
+            "definitions: [&c ['cat']]\ndefinition: 1\n{}",
+            with_filter(IP, "        regex: ['<ip>']\n")
+        ),
+        &["c.yml:2:1", "definition", "did you mean 'definitions'"],
+    );
+}
+
+#[test]
+fn a_stream_split_across_files_loads_with_its_filters_in_file_order() {
+    let output = rebuff()
+        .args(["test-config", "-f", "json", "-c"])
+        .arg(fixture("valid/split"))
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("json");
+    assert!(doc.get("definitions").is_none(), "{doc}");
+    let sshd = doc["streams"]["sshd"]
+        .as_object()
+        .expect("one merged stream");
+    assert_eq!(sshd["cmd"][3], "ssh.service");
+    let filters: Vec<&String> = sshd["filters"].as_object().expect("map").keys().collect();
+    assert_eq!(filters, ["failedlogin", "preauth", "kex", "rootlogin"]);
+}
+
+#[test]
+fn test_config_warns_about_regexes_that_cannot_match_but_accepts_them() {
+    let config = write_config(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex:\n          - 'from \\<<ip>\\>'\n          - 'by <ip>$ port'\n",
+        ),
+    );
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(!output.stdout.is_empty());
+    assert!(
+        err.contains("WARN") && err.contains("c.yml:10:13: streams.s.filters.f.regex[0]"),
+        "{err}"
+    );
+    assert!(err.contains("start-of-word"), "{err}");
+    assert!(
+        err.contains("c.yml:11:13: streams.s.filters.f.regex[1]")
+            && err.contains("can never match"),
+        "{err}"
+    );
 }
 
 #[test]
