@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use super::tree::{Key, Loc, Node, ParseError, Value, shared_path};
 use super::validate::DEFINITIONS;
-use super::{ConfigError, ConfigErrors, json, jsonnet, yaml};
+use super::{Budget, ConfigError, ConfigErrors, json, jsonnet, yaml};
 
 /// The configuration formats, by file extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +49,13 @@ impl Format {
     }
 }
 
-/// Reads `path` (a file or a directory) into one merged tree.
-pub fn read(path: &Path) -> Result<Node, ConfigErrors> {
+/// Reads `path` (a file or a directory) into one merged tree, within
+/// `budget`.
+pub fn read(path: &Path, budget: &mut Budget) -> Result<Node, ConfigErrors> {
     let meta = std::fs::metadata(path)
         .map_err(|e| ParseError::in_file(path, format!("cannot read the configuration: {e}")))?;
     if meta.is_dir() {
-        return read_dir(path);
+        return read_dir(path, budget);
     }
     let format = Format::from_path(path).ok_or_else(|| {
         ParseError::in_file(
@@ -68,7 +69,7 @@ pub fn read(path: &Path) -> Result<Node, ConfigErrors> {
     } else {
         root
     };
-    Ok(parse_file(path, format, root)?)
+    Ok(parse_file(path, format, root, budget)?)
 }
 
 /// The files a directory configuration is made of, in load order.
@@ -104,7 +105,7 @@ pub fn directory_files(dir: &Path) -> Result<Vec<(PathBuf, Format)>, ParseError>
     Ok(files)
 }
 
-fn read_dir(dir: &Path) -> Result<Node, ConfigErrors> {
+fn read_dir(dir: &Path, budget: &mut Budget) -> Result<Node, ConfigErrors> {
     let files = directory_files(dir)?;
     if files.is_empty() {
         return Err(ParseError::in_file(
@@ -116,7 +117,7 @@ fn read_dir(dir: &Path) -> Result<Node, ConfigErrors> {
     let mut merger = Merger::default();
     let mut errors = Vec::new();
     for (path, format) in &files {
-        match parse_file(path, *format, dir) {
+        match parse_file(path, *format, dir, budget) {
             Ok(node) => merger.add(node, &mut errors),
             Err(e) => errors.push(ConfigErrors::from(e).0.remove(0)),
         }
@@ -128,12 +129,16 @@ fn read_dir(dir: &Path) -> Result<Node, ConfigErrors> {
     Ok(merger.finish(first))
 }
 
-fn parse_file(path: &Path, format: Format, root: &Path) -> Result<Node, ParseError> {
+fn parse_file(
+    path: &Path,
+    format: Format,
+    root: &Path,
+    budget: &mut Budget,
+) -> Result<Node, ParseError> {
     if format == Format::Jsonnet {
-        return jsonnet::eval_jsonnet(path, root);
+        return jsonnet::eval_jsonnet(path, root, budget);
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| ParseError::in_file(path, format!("cannot read the file: {e}")))?;
+    let bytes = budget.read(path)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         ParseError::in_file(
             path,
@@ -144,8 +149,8 @@ fn parse_file(path: &Path, format: Format, root: &Path) -> Result<Node, ParseErr
         )
     })?;
     match format {
-        Format::Yaml => yaml::parse_yaml(path, &text),
-        Format::Json => json::parse_json(path, &text),
+        Format::Yaml => yaml::parse_yaml_within(path, &text, budget),
+        Format::Json => json::parse_json_within(path, &text, budget),
         Format::Jsonnet => unreachable!("handled above"),
     }
 }
@@ -404,7 +409,7 @@ mod tests {
             "c.yml",
             "streams:\n  ssh:\n    cmd: [a]\n    filters:\n      f0: {}\n",
         );
-        let root = read(dir.path()).expect("merges");
+        let root = read(dir.path(), &mut Budget::new()).expect("merges");
         let streams = get(&root, "streams");
         assert_eq!(names(streams), ["ssh", "web"]);
         let ssh = get(streams, "ssh");
@@ -428,7 +433,9 @@ mod tests {
             "b.yml",
             "streams:\n  ssh:\n    filters:\n      g: {}\n      f: {}\n",
         );
-        let err = read(dir.path()).expect_err("duplicate").to_string();
+        let err = read(dir.path(), &mut Budget::new())
+            .expect_err("duplicate")
+            .to_string();
         assert!(err.contains("b.yml:5:7"), "{err}");
         assert!(err.contains("a.yml:5:7"), "{err}");
         assert!(err.contains("streams.ssh.filters.f"), "{err}");
@@ -448,13 +455,15 @@ mod tests {
             "b.json",
             r#"{"streams": {"ssh": {"cmd": ["tail", "-F", "x"], "filters": {"g": {}}}}}"#,
         );
-        read(dir.path()).expect("the same cmd twice is fine");
+        read(dir.path(), &mut Budget::new()).expect("the same cmd twice is fine");
         write(
             dir.path(),
             "c.yml",
             "streams:\n  ssh:\n    cmd: [tail, -F, y]\n",
         );
-        let err = read(dir.path()).expect_err("different cmd").to_string();
+        let err = read(dir.path(), &mut Budget::new())
+            .expect_err("different cmd")
+            .to_string();
         assert!(err.contains("c.yml:3:5"), "{err}");
         assert!(err.contains("a.yml:3:5"), "{err}");
         assert!(err.contains("streams.ssh.cmd"), "{err}");
@@ -470,7 +479,7 @@ mod tests {
             "definitions:\n  - &cat [cat]\nstreams:\n  s: {cmd: *cat}\n",
         );
         write(dir.path(), "b.yml", "definitions: {x: 1}\nconcurrency: 1\n");
-        let root = read(dir.path()).expect("merges");
+        let root = read(dir.path(), &mut Budget::new()).expect("merges");
         assert_eq!(names(&root), ["streams", "concurrency"]);
     }
 
@@ -479,7 +488,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "a.yml", "patterns:\n  ip:\n    type: ip\n");
         write(dir.path(), "b.yml", "patterns:\n  ip:\n    type: ip\n");
-        let err = read(dir.path()).expect_err("duplicate").to_string();
+        let err = read(dir.path(), &mut Budget::new())
+            .expect_err("duplicate")
+            .to_string();
         assert!(err.contains("b.yml:2:3"), "{err}");
         assert!(err.contains("a.yml:2:3"), "{err}");
         assert!(err.contains("patterns.ip"), "{err}");
@@ -490,7 +501,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "a.yml", "start: [[a]]\nconcurrency: 1\n");
         write(dir.path(), "b.yml", "start: [[b]]\n");
-        let node = read(dir.path()).expect("merges");
+        let node = read(dir.path(), &mut Budget::new()).expect("merges");
         let Value::Map(entries) = node.value else {
             panic!("map")
         };
@@ -499,7 +510,9 @@ mod tests {
         };
         assert_eq!(start.len(), 2);
         write(dir.path(), "c.yml", "concurrency: 2\n");
-        let err = read(dir.path()).expect_err("repeat").to_string();
+        let err = read(dir.path(), &mut Budget::new())
+            .expect_err("repeat")
+            .to_string();
         assert!(
             err.contains("c.yml:1:1") && err.contains("a.yml:2:1"),
             "{err}"
@@ -510,7 +523,7 @@ mod tests {
     fn an_unknown_extension_for_a_single_file_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         write(dir.path(), "reaction.conf", "{}");
-        let err = read(&dir.path().join("reaction.conf"))
+        let err = read(&dir.path().join("reaction.conf"), &mut Budget::new())
             .expect_err("ext")
             .to_string();
         assert!(err.contains(".jsonnet"), "{err}");
@@ -519,6 +532,6 @@ mod tests {
     #[test]
     fn an_empty_directory_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(read(dir.path()).is_err());
+        assert!(read(dir.path(), &mut Budget::new()).is_err());
     }
 }

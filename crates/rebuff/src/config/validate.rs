@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use rebuff_engine::matcher::{expand, placeholders};
@@ -71,10 +72,17 @@ const ROTATION_MIN_MS: u64 = 30 * 60_000;
 
 /// Validates and compiles a merged configuration tree.
 pub fn compile(root: &Node) -> Result<Config, ConfigErrors> {
-    let mut check = Checker::default();
-    let config = check.config(root);
+    let mut check = Checker {
+        regex_deadline: Some(Instant::now() + REGEX_TIME),
+        ..Checker::default()
+    };
+    let mut config = check.config(root);
     if !check.errors.is_empty() {
+        close(&mut check.errors, check.dropped_errors, "errors");
         return Err(ConfigErrors(check.errors));
+    }
+    if let Some(config) = &mut config {
+        close(&mut config.warnings, check.dropped_warnings, "warnings");
     }
     config.ok_or_else(|| {
         ConfigErrors(vec![ConfigError {
@@ -137,6 +145,13 @@ struct Checker {
     /// Pattern names that are defined but invalid: their errors are already
     /// reported, so filters using them are skipped rather than blamed.
     broken_patterns: BTreeSet<String>,
+    /// Problems found beyond `MAX_REPORTED`.
+    dropped_errors: usize,
+    dropped_warnings: usize,
+    /// When compiling regexes must stop (see `regex_time`).
+    regex_deadline: Option<Instant>,
+    regexes_compiled: usize,
+    out_of_regex_time: bool,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -266,21 +281,87 @@ fn is_word(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Most time the regexes of one configuration may take to compile, all
+/// checks included. Real configurations take milliseconds; the limit stops
+/// a file that copies a large regex into thousands of filters. The stream
+/// matchers built afterwards compile the same regexes once more.
+const REGEX_TIME: Duration = Duration::from_secs(5);
+
+/// Most errors, and most warnings, reported for one configuration: enough
+/// to fix a real one in a round or two, and a file of a million bad keys
+/// still answers at once.
+const MAX_REPORTED: usize = 200;
+
+/// Keeps a problem unless `MAX_REPORTED` are already kept; counts it.
+fn report(list: &mut Vec<ConfigError>, dropped: &mut usize, problem: ConfigError) {
+    if list.len() < MAX_REPORTED {
+        list.push(problem);
+    } else {
+        *dropped += 1;
+    }
+}
+
+/// Closes a list of problems with how many were left out.
+fn close(list: &mut Vec<ConfigError>, dropped: usize, what: &str) {
+    if dropped > 0 {
+        list.push(ConfigError {
+            loc: None,
+            path: String::new(),
+            message: format!("... and {dropped} more {what}, not shown"),
+        });
+    }
+}
+
 impl Checker {
     fn error(&mut self, loc: &Loc, path: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError {
+        let problem = ConfigError {
             loc: Some(loc.clone()),
             path: path.to_owned(),
             message: message.into(),
-        });
+        };
+        report(&mut self.errors, &mut self.dropped_errors, problem);
+    }
+
+    /// Whether one more regex may be compiled; once the time is up, says so
+    /// (once) at `loc` and refuses every later regex.
+    fn regex_time(&mut self, loc: &Loc, path: &str) -> bool {
+        if self.out_of_regex_time {
+            return false;
+        }
+        if self
+            .regex_deadline
+            .is_some_and(|deadline| Instant::now() > deadline)
+        {
+            self.out_of_regex_time = true;
+            let done = self.regexes_compiled;
+            self.error(
+                loc,
+                path,
+                format!(
+                    "compiling the configuration's regexes took more than {} s ({done} regexes \
+                     compiled before this one): are regexes or filters copied many times by \
+                     aliases, or are they very large?",
+                    REGEX_TIME.as_secs()
+                ),
+            );
+            return false;
+        }
+        self.regexes_compiled += 1;
+        true
+    }
+
+    /// Errors found so far, reported or not.
+    fn error_count(&self) -> usize {
+        self.errors.len() + self.dropped_errors
     }
 
     fn warn(&mut self, loc: &Loc, path: &str, message: impl Into<String>) {
-        self.warnings.push(ConfigError {
+        let problem = ConfigError {
             loc: Some(loc.clone()),
             path: path.to_owned(),
             message: message.into(),
-        });
+        };
+        report(&mut self.warnings, &mut self.dropped_warnings, problem);
     }
 
     fn map<'a>(&mut self, node: &'a Node, path: &str, what: &str) -> Option<&'a Entries> {
@@ -301,6 +382,11 @@ impl Checker {
     fn known_keys(&mut self, entries: &Entries, path: &str, known: &[&str]) {
         for (key, _) in entries {
             if !known.contains(&key.name.as_str()) {
+                if self.errors.len() >= MAX_REPORTED {
+                    // Not shown: spare the message and its suggestion.
+                    self.dropped_errors += 1;
+                    continue;
+                }
                 self.error(
                     &key.loc,
                     &join(path, &key.name),
@@ -454,7 +540,12 @@ impl Checker {
         let metrics = get(entries, "metrics").and_then(|n| self.metrics(n, &streams));
 
         Some(Config {
-            document: document(root),
+            // Only a valid configuration is ever printed.
+            document: if self.errors.is_empty() {
+                document(root)
+            } else {
+                serde_json::Value::Null
+            },
             patterns,
             streams,
             start,
@@ -519,7 +610,7 @@ impl Checker {
     fn pattern(&mut self, name: &str, def: &Node, path: &str) -> Option<Pattern> {
         let entries = self.map(def, path, "a pattern (a map with 'regex' or 'type')")?;
         self.known_keys(entries, path, PATTERN_KEYS);
-        let errors_before = self.errors.len();
+        let errors_before = self.error_count();
 
         let kind = match get(entries, "type") {
             None => PatternKind::Regex,
@@ -558,6 +649,7 @@ impl Checker {
         }
         if let (Some(re), Some(node)) = (&regex, get(entries, "regex"))
             && kind == PatternKind::Regex
+            && self.regex_time(&node.loc, &join(path, "regex"))
         {
             match regex::Regex::new(re) {
                 Err(e) => self.error(
@@ -579,6 +671,9 @@ impl Checker {
             && let Value::Seq(items) = &node.value
         {
             for (i, (re, item)) in ignore_regex.iter().zip(items).enumerate() {
+                if !self.regex_time(&item.loc, &format!("{path}.ignoreregex[{i}]")) {
+                    continue;
+                }
                 if let Err(e) = regex::Regex::new(re) {
                     self.error(
                         &item.loc,
@@ -592,7 +687,7 @@ impl Checker {
         let ipv4_mask = self.mask(entries, path, "ipv4mask", 32, kind, PatternKind::Ipv6);
         let ipv6_mask = self.mask(entries, path, "ipv6mask", 128, kind, PatternKind::Ipv4);
 
-        if self.errors.len() > errors_before {
+        if self.error_count() > errors_before || self.out_of_regex_time {
             return None;
         }
         let spec = PatternSpec {
@@ -819,7 +914,7 @@ impl Checker {
     ) -> Option<Stream> {
         let entries = self.map(def, path, "a stream (a map with 'cmd' and 'filters')")?;
         self.known_keys(entries, path, STREAM_KEYS);
-        let errors_before = self.errors.len();
+        let errors_before = self.error_count();
         self.plugin_type(entries, path, "cmd", "stream");
         let cmd = match get(entries, "cmd") {
             Some(n) => self.command(n, &join(path, "cmd")),
@@ -867,7 +962,7 @@ impl Checker {
                 }
             }
         }
-        if self.errors.len() > errors_before {
+        if self.error_count() > errors_before || self.out_of_regex_time {
             return None;
         }
         match StreamMatcher::new(patterns, &specs) {
@@ -893,7 +988,7 @@ impl Checker {
     ) -> Option<(FilterSpec, Filter)> {
         let entries = self.map(def, path, "a filter (a map with 'regex' and 'actions')")?;
         self.known_keys(entries, path, FILTER_KEYS);
-        let errors_before = self.errors.len();
+        let errors_before = self.error_count();
 
         if let Some(node) = get(entries, "type") {
             let type_path = join(path, "type");
@@ -983,7 +1078,7 @@ impl Checker {
             }
         }
 
-        if self.errors.len() > errors_before {
+        if self.error_count() > errors_before {
             return None;
         }
         let regexes = self
@@ -1080,6 +1175,10 @@ impl Checker {
                     continue;
                 }
             };
+            if !self.regex_time(&item.loc, &item_path) {
+                ok = false;
+                continue;
+            }
             if let Err(e) = regex::Regex::new(&expanded.regex) {
                 self.error(&item.loc, &item_path, format!("invalid regex: {e}"));
                 ok = false;
@@ -1165,7 +1264,7 @@ impl Checker {
         let (ip_slot, patterns) = (filter.ip_slot, filter.patterns);
         let entries = self.map(def, path, "an action (a map with 'cmd')")?;
         self.known_keys(entries, path, ACTION_KEYS);
-        let errors_before = self.errors.len();
+        let errors_before = self.error_count();
         self.plugin_type(entries, path, "cmd", "action");
 
         let cmd = match get(entries, "cmd") {
@@ -1226,7 +1325,7 @@ impl Checker {
                 );
             }
         }
-        if self.errors.len() > errors_before {
+        if self.error_count() > errors_before {
             return None;
         }
         let ip_only = match (v4, v6) {
@@ -1405,6 +1504,47 @@ mod tests {
         let found = warnings(&with_regex("  user:\n    regex: 'a$b'\n", "<ip>"));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("patterns.user.regex"), "{found:?}");
+    }
+
+    #[test]
+    fn regexes_stop_compiling_once_their_time_is_up() {
+        let text = format!(
+            "{}      g:\n        regex: ['by <ip>']\n",
+            with_regex("  user:\n    regex: '\\w+'\n", "from <ip>")
+        );
+        let root = yaml::parse_yaml(Path::new("c.yml"), &text).expect("yaml");
+        let past = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        let mut check = Checker {
+            regex_deadline: Some(past),
+            ..Checker::default()
+        };
+        check.config(&root);
+        let errors: Vec<String> = check.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("c.yml:5:12: patterns.user.regex"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("took more than 5 s (0 regexes"),
+            "{errors:?}"
+        );
+        // With time left, the same configuration is valid.
+        compile(&root).expect("valid");
+    }
+
+    #[test]
+    fn a_flood_of_errors_is_cut_short_and_counted() {
+        let keys: String = (0..500).map(|i| format!("k{i}: 1\n")).collect();
+        let errors = load_yaml(&format!("{keys}{}", with_regex("", "<ip>")))
+            .expect_err("unknown keys")
+            .0;
+        assert_eq!(errors.len(), MAX_REPORTED + 1);
+        assert!(errors[0].to_string().contains("c.yml:1:1: k0: unknown key"));
+        let last = errors[MAX_REPORTED].to_string();
+        assert_eq!(last, "... and 300 more errors, not shown");
     }
 
     proptest! {

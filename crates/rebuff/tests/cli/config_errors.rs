@@ -664,3 +664,140 @@ fn several_errors_are_all_reported_at_once() {
     assert!(err.contains("retry") && err.contains("duplicate"), "{err}");
     assert!(err.contains("2 errors"), "{err}");
 }
+
+// Hostile configurations: whatever a file holds, `test-config` answers soon,
+// within bounded memory, with an error naming the file and exit code 1.
+
+#[test]
+fn a_long_yaml_string_aliased_100_by_100_times_is_refused_by_its_bytes() {
+    let text = format!(
+        "a: &a \"{}\"\nb: &b [{}]\nc: [{}]\n",
+        "x".repeat(1 << 20),
+        vec!["*a"; 100].join(", "),
+        vec!["*b"; 100].join(", ")
+    );
+    assert_rejected(
+        "c.yml",
+        &text,
+        &["c.yml:2:", "more than 128 MiB", "aliases are expanded"],
+    );
+}
+
+#[test]
+fn a_19_mb_file_of_plain_keys_is_too_large_not_an_alias_bomb() {
+    let mut text = String::with_capacity(19_100_000);
+    let mut i = 0;
+    while text.len() < 19_000_000 {
+        text.push_str(&format!("key{i:07}: value\n"));
+        i += 1;
+    }
+    let config = write_config("c.yml", &text);
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("c.yml: the configuration is too large"),
+        "{err}"
+    );
+    assert!(err.contains("16 MiB"), "{err}");
+    assert!(!err.contains("alias"), "{err}");
+}
+
+#[test]
+fn a_configuration_file_that_is_a_device_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yml");
+    std::os::unix::fs::symlink("/dev/zero", &path).expect("symlink");
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("c.yml: cannot read the file: it is not a regular file"),
+        "{err}"
+    );
+}
+
+/// Runs `test-config` on a JSONnet file and returns its stderr, after
+/// checking the exit code and that it names the file.
+fn jsonnet_refusal(text: &str) -> String {
+    let config = write_config("c.jsonnet", text);
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(output.stdout.is_empty());
+    assert!(err.contains("c.jsonnet"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+const OUT_OF_MEMORY: &str = "needed more than 512 MiB of memory";
+const OUT_OF_TIME: &str = "did not finish within 10 s";
+
+#[test]
+fn a_jsonnet_range_of_200_million_is_stopped_by_the_memory_limit() {
+    let err = jsonnet_refusal("{ streams: { n: std.length(std.range(0, 2e8)) } }");
+    assert!(err.contains(OUT_OF_MEMORY), "{err}");
+}
+
+#[test]
+fn a_jsonnet_string_doubled_40_times_is_stopped_by_the_memory_limit() {
+    let err = jsonnet_refusal(
+        "local grow(s, n) = if n == 0 then s else grow(s + s, n - 1);\n\
+         { streams: { s: { cmd: [grow('x', 40)] } } }",
+    );
+    assert!(err.contains(OUT_OF_MEMORY), "{err}");
+}
+
+#[test]
+fn a_jsonnet_string_grown_in_a_loop_is_stopped() {
+    let err = jsonnet_refusal(
+        "{ streams: { s: { cmd: [std.foldl(function(acc, i) acc + 'xxxxxxxxxx', \
+         std.range(1, 1e6), '')] } } }",
+    );
+    assert!(
+        err.contains(OUT_OF_MEMORY) || err.contains(OUT_OF_TIME),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_jsonnet_object_doubled_30_levels_is_stopped() {
+    let err = jsonnet_refusal(
+        "local grow(o, n) = if n == 0 then o else grow({ a: o, b: o }, n - 1);\n\
+         { streams: grow({ leaf: 'x' }, 30) }",
+    );
+    assert!(
+        err.contains(OUT_OF_TIME) || err.contains("too large"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_jsonnet_loop_that_never_ends_is_stopped_by_the_time_limit() {
+    let err = jsonnet_refusal(
+        "local spin(n, acc) = if n == 0 then acc else spin(n - 1, acc + 1) tailstrict;\n\
+         { streams: spin(1e12, 0) }",
+    );
+    assert!(err.contains(OUT_OF_TIME), "{err}");
+}
+
+#[test]
+fn deep_jsonnet_recursion_is_stopped_at_its_call() {
+    let err = jsonnet_refusal(
+        "local down(n) = if n == 0 then 0 else 1 + down(n - 1);\n{ depth: down(1e6) }",
+    );
+    assert!(err.contains("c.jsonnet:1:"), "{err}");
+    assert!(err.contains("deeper than 500 calls"), "{err}");
+}
