@@ -14,7 +14,9 @@
 //!   values, `std.trace` output is dropped, no native functions or external
 //!   variables exist. The evaluator's call depth is capped (`MAX_STACK`);
 //!   the evaluator keeps its stack on the heap, so the cap stops runaway
-//!   recursion rather than protecting the native stack.
+//!   recursion rather than protecting the native stack. Memory and time are
+//!   bounded by evaluating in a child process under resource limits
+//!   (`jsonnet/child.rs`), and the converted tree by the load's [`Budget`].
 //! * **Recovered positions.** Evaluated JSONnet values do not remember where
 //!   they were written, so positions are recovered from the main file's
 //!   source, best effort, and never point into another file:

@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use super::tree::{Key, Loc, Node, ParseError, Value, shared_path};
-use super::validate::DEFINITIONS;
+use super::validate::{DEFINITIONS, MAX_REPORTED, close};
 use super::{Budget, ConfigError, ConfigErrors, json, jsonnet, yaml};
 
 /// The configuration formats, by file extension.
@@ -123,6 +123,9 @@ fn read_dir(dir: &Path, budget: &mut Budget) -> Result<Node, ConfigErrors> {
         }
     }
     if !errors.is_empty() {
+        let dropped = errors.len().saturating_sub(MAX_REPORTED);
+        errors.truncate(MAX_REPORTED);
+        close(&mut errors, dropped, "errors");
         return Err(ConfigErrors(errors));
     }
     let first = Loc::file_only(shared_path(&files[0].0));
@@ -527,6 +530,25 @@ mod tests {
             .expect_err("ext")
             .to_string();
         assert!(err.contains(".jsonnet"), "{err}");
+    }
+
+    #[test]
+    fn errors_across_many_files_are_cut_short_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for i in 0..250 {
+            write(dir.path(), &format!("c{i:03}.yml"), "concurrency: 1\n");
+        }
+        let errors = read(dir.path(), &mut Budget::new()).expect_err("repeats").0;
+        assert_eq!(errors.len(), MAX_REPORTED + 1);
+        assert!(
+            errors[0].to_string().contains("c001.yml:1:1"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(
+            errors[MAX_REPORTED].to_string(),
+            "... and 49 more errors, not shown"
+        );
     }
 
     #[test]

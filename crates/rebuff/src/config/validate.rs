@@ -290,7 +290,7 @@ const REGEX_TIME: Duration = Duration::from_secs(5);
 /// Most errors, and most warnings, reported for one configuration: enough
 /// to fix a real one in a round or two, and a file of a million bad keys
 /// still answers at once.
-const MAX_REPORTED: usize = 200;
+pub(crate) const MAX_REPORTED: usize = 200;
 
 /// Keeps a problem unless `MAX_REPORTED` are already kept; counts it.
 fn report(list: &mut Vec<ConfigError>, dropped: &mut usize, problem: ConfigError) {
@@ -302,7 +302,7 @@ fn report(list: &mut Vec<ConfigError>, dropped: &mut usize, problem: ConfigError
 }
 
 /// Closes a list of problems with how many were left out.
-fn close(list: &mut Vec<ConfigError>, dropped: usize, what: &str) {
+pub(crate) fn close(list: &mut Vec<ConfigError>, dropped: usize, what: &str) {
     if dropped > 0 {
         list.push(ConfigError {
             loc: None,
