@@ -232,8 +232,10 @@ impl Merger {
 }
 
 fn merge_pooled(section: &str, into: &mut Node, node: Node, errors: &mut Vec<ConfigError>) {
+    if !both_maps(section, into, &node, errors) {
+        return;
+    }
     let (Value::Map(items), Value::Map(more)) = (&mut into.value, node.value) else {
-        // Validation reports a non-map section; nothing sensible to merge.
         return;
     };
     for (key, value) in more {
@@ -255,8 +257,10 @@ fn merge_pooled(section: &str, into: &mut Node, node: Node, errors: &mut Vec<Con
 /// Pools the streams of one more file into `into`, merging a stream that
 /// is already defined (see the module documentation).
 fn merge_streams(into: &mut Node, node: Node, errors: &mut Vec<ConfigError>) {
+    if !both_maps("streams", into, &node, errors) {
+        return;
+    }
     let (Value::Map(streams), Value::Map(more)) = (&mut into.value, node.value) else {
-        // Validation reports a non-map section; nothing sensible to merge.
         return;
     };
     for (key, stream) in more {
@@ -332,6 +336,27 @@ fn merge_filters(path: &str, into: &mut Node, node: Node, errors: &mut Vec<Confi
             continue;
         }
         filters.push((key, filter));
+    }
+}
+
+/// Whether a section and its value from one more file are both maps, as
+/// merging needs. Validation reports a first value that is not; a later one
+/// is reported here, or it would be dropped without a word.
+fn both_maps(section: &str, into: &Node, node: &Node, errors: &mut Vec<ConfigError>) -> bool {
+    match (&into.value, &node.value) {
+        (Value::Map(_), Value::Map(_)) => true,
+        (Value::Map(_), other) => {
+            errors.push(ConfigError {
+                loc: Some(node.loc.clone()),
+                path: section.to_owned(),
+                message: format!(
+                    "expected a map of names to definitions, found {}",
+                    other.kind_name()
+                ),
+            });
+            false
+        }
+        _ => false,
     }
 }
 
@@ -471,6 +496,22 @@ mod tests {
         assert!(err.contains("a.yml:3:5"), "{err}");
         assert!(err.contains("streams.ssh.cmd"), "{err}");
         assert!(err.contains("set differently"), "{err}");
+    }
+
+    #[test]
+    fn a_section_that_is_not_a_map_in_a_later_file_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "a.yml", "streams:\n  s: {cmd: [a]}\n");
+        write(dir.path(), "b.yml", "streams: [s]\npatterns: {}\n");
+        write(dir.path(), "c.yml", "patterns: 3\n");
+        let err = read(dir.path(), &mut Budget::new())
+            .expect_err("lists")
+            .to_string();
+        assert!(err.contains("b.yml:1:10: streams: expected a map"), "{err}");
+        assert!(
+            err.contains("c.yml:1:11: patterns: expected a map"),
+            "{err}"
+        );
     }
 
     #[test]
