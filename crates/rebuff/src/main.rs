@@ -12,6 +12,17 @@ use rebuff::control::{Request, client};
 use rebuff::{check, daemon, log, replay};
 
 fn main() -> ExitCode {
+    // A copy of rebuff started to evaluate one JSONnet file under limits.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == config::jsonnet::CHILD_ARG) {
+        return config::jsonnet::child_main(&args[2..]);
+    }
+    let this_program = Path::new("/proc/self/exe");
+    if this_program.exists() {
+        config::jsonnet::use_child_process(this_program.to_path_buf());
+    } else if let Ok(program) = std::env::current_exe() {
+        config::jsonnet::use_child_process(program);
+    }
     // Invoked through a symlink named `reaction`, rebuff answers as reaction
     // (reaction-metrics-exporter calls `reaction -V` and parses the name).
     let as_reaction = std::env::args_os()

@@ -15,15 +15,23 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::tree::{Key, Loc, Node, ParseError, Value, shared_path};
+use super::{Budget, NODE_COST};
 
 /// Deepest nesting of arrays and objects accepted. The reader itself does
 /// not recurse, but the walks and drops of the tree later on do.
 const MAX_DEPTH: usize = 512;
 
-/// Parses one JSON document into a positioned tree.
+/// Parses one JSON document into a positioned tree, within a fresh
+/// [`Budget`].
 pub fn parse_json(path: &Path, text: &str) -> Result<Node, ParseError> {
+    parse_json_within(path, text, &mut Budget::new())
+}
+
+/// Parses one JSON document, counting its values and keys against `budget`.
+pub fn parse_json_within(path: &Path, text: &str, budget: &mut Budget) -> Result<Node, ParseError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut reader = Reader {
+        budget,
         file: shared_path(path),
         text,
         bytes: text.as_bytes(),
@@ -81,7 +89,8 @@ enum Open {
     },
 }
 
-struct Reader<'t> {
+struct Reader<'t, 'b> {
+    budget: &'b mut Budget,
     file: Arc<Path>,
     text: &'t str,
     bytes: &'t [u8],
@@ -93,7 +102,15 @@ struct Reader<'t> {
     col: u32,
 }
 
-impl Reader<'_> {
+impl Reader<'_, '_> {
+    /// Counts `bytes` more of the tree against the budget.
+    fn spend(&mut self, bytes: usize) -> Result<(), ParseError> {
+        match self.budget.spend(bytes, false) {
+            Ok(()) => Ok(()),
+            Err(message) => Err(self.error(message)),
+        }
+    }
+
     fn loc(&self) -> Loc {
         Loc::new(self.file.clone(), self.line, self.col)
     }
@@ -147,6 +164,7 @@ impl Reader<'_> {
         let mut open: Vec<Open> = Vec::new();
         'value: loop {
             let loc = self.loc();
+            self.spend(NODE_COST)?;
             let mut node = match self.peek() {
                 Some(b'{') => {
                     self.depth_check(open.len() + 1)?;
@@ -188,10 +206,14 @@ impl Reader<'_> {
                         continue 'value;
                     }
                 }
-                Some(b'"') => Node {
-                    value: Value::Str(self.string()?),
-                    loc,
-                },
+                Some(b'"') => {
+                    let text = self.string()?;
+                    self.spend(text.len())?;
+                    Node {
+                        value: Value::Str(text),
+                        loc,
+                    }
+                }
                 Some(b'-' | b'0'..=b'9') => Node {
                     value: self.number()?,
                     loc,
@@ -305,6 +327,7 @@ impl Reader<'_> {
         }
         let loc = self.loc();
         let name = self.string()?;
+        self.spend(NODE_COST.saturating_add(name.len()))?;
         if let Some(first) = seen.insert(name.clone(), loc.line) {
             return Err(ParseError::new(
                 loc.clone(),
@@ -758,6 +781,23 @@ mod tests {
         assert!(e.message.contains("nested more than 512"), "{}", e.message);
         let e = err(&"{\"a\":".repeat(100_000));
         assert!(e.message.contains("nested"), "{}", e.message);
+    }
+
+    #[test]
+    fn values_and_keys_count_against_the_budget() {
+        let text = format!("[{}0]", "0,".repeat(20_000));
+        let mut budget = Budget::with_tree_limit(1 << 20);
+        let e = match parse_json_within(Path::new("t.json"), &text, &mut budget) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        };
+        assert!(e.message.contains("too large"), "{}", e.message);
+        assert_eq!(e.loc.line, 1);
+        let mut budget = Budget::with_tree_limit(1 << 20);
+        let keys: Vec<String> = (0..4_000).map(|i| format!("\"{i:0>200}\": 0")).collect();
+        let text = format!("{{{}}}", keys.join(","));
+        assert!(parse_json_within(Path::new("t.json"), &text, &mut budget).is_err());
+        assert!(ok(&format!("[{}0]", "0,".repeat(20_000))).value != Value::Null);
     }
 
     #[test]

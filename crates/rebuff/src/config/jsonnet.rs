@@ -14,7 +14,9 @@
 //!   values, `std.trace` output is dropped, no native functions or external
 //!   variables exist. The evaluator's call depth is capped (`MAX_STACK`);
 //!   the evaluator keeps its stack on the heap, so the cap stops runaway
-//!   recursion rather than protecting the native stack.
+//!   recursion rather than protecting the native stack. Memory and time are
+//!   bounded by evaluating in a child process under resource limits
+//!   (`jsonnet/child.rs`), and the converted tree by the load's [`Budget`].
 //! * **Recovered positions.** Evaluated JSONnet values do not remember where
 //!   they were written, so positions are recovered from the main file's
 //!   source, best effort, and never point into another file:
@@ -39,7 +41,7 @@
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rsjsonnet_lang::arena::Arena;
 use rsjsonnet_lang::ast::{BinaryOp, UnaryOp};
@@ -54,6 +56,9 @@ use rsjsonnet_lang::span::{SourceId, SpanContext, SpanId};
 use rsjsonnet_lang::token::STokenKind;
 
 use super::tree::{Key, Loc, Node, ParseError, Value, shared_path};
+use super::{Budget, NODE_COST};
+
+mod child;
 
 /// Deepest JSONnet call stack allowed, the value other JSONnet
 /// implementations use by default.
@@ -64,8 +69,38 @@ const MAX_STACK: usize = 500;
 const MAX_DEPTH: usize = 512;
 
 /// Evaluates the JSONnet file `path` into a positioned tree; imports may only
-/// read files inside the directory `root`.
-pub fn eval_jsonnet(path: &Path, root: &Path) -> Result<Node, ParseError> {
+/// read files inside the directory `root`. The evaluation and the tree are
+/// counted against `budget`.
+///
+/// In the binary ([`use_child_process`] was called) the evaluation runs in a
+/// child process under memory, CPU and wall-clock limits; otherwise (the
+/// library's own tests) it runs here, bounded only by the tree budget.
+pub fn eval_jsonnet(path: &Path, root: &Path, budget: &mut Budget) -> Result<Node, ParseError> {
+    match EVALUATOR.get() {
+        Some(program) => child::evaluate(program, path, root, budget),
+        None => eval_here(path, root, budget),
+    }
+}
+
+/// The program run as the evaluator child (the rebuff binary itself).
+static EVALUATOR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes every later JSONnet evaluation run in a child process: `program`
+/// started with [`CHILD_ARG`] must call [`child_main`]. The rebuff binary
+/// passes itself, as `/proc/self/exe` where that exists, so a binary
+/// replaced on disk by an upgrade still starts as the same version.
+pub fn use_child_process(program: PathBuf) {
+    let _ = EVALUATOR.set(program);
+}
+
+/// The hidden first argument that makes the rebuff binary a JSONnet
+/// evaluator child: `rebuff CHILD_ARG FILE ROOT TREE_BYTES CPU_SECONDS`.
+pub const CHILD_ARG: &str = "__rebuff-eval-jsonnet";
+
+pub use child::child_main;
+
+/// Evaluates in this process (see [`eval_jsonnet`]).
+fn eval_here(path: &Path, root: &Path, budget: &mut Budget) -> Result<Node, ParseError> {
     let file = shared_path(path);
     let in_file = |message: String| ParseError::new(Loc::file_only(file.clone()), message);
     let root = root.canonicalize().map_err(|err| {
@@ -74,8 +109,7 @@ pub fn eval_jsonnet(path: &Path, root: &Path) -> Result<Node, ParseError> {
             root.display()
         ))
     })?;
-    let data =
-        std::fs::read(path).map_err(|err| in_file(format!("cannot read the file: {err}")))?;
+    let data = budget.read(path)?;
     let canonical = path
         .canonicalize()
         .map_err(|err| in_file(format!("cannot resolve the file's path: {err}")))?;
@@ -98,7 +132,11 @@ pub fn eval_jsonnet(path: &Path, root: &Path) -> Result<Node, ParseError> {
         .eval_value(&thunk, &mut loader)
         .map_err(|err| loader.eval_error(&program, err))?;
 
-    let converter = Converter { file, keys: &keys };
+    let mut converter = Converter {
+        file,
+        keys: &keys,
+        budget,
+    };
     let place = Place {
         parent: Parent::Root,
         after: None,
@@ -1255,17 +1293,18 @@ struct Place {
     loc: Loc,
 }
 
-struct Converter<'a> {
+struct Converter<'a, 'b> {
     file: Arc<Path>,
     keys: &'a KeyIndex,
+    budget: &'b mut Budget,
 }
 
-impl Converter<'_> {
+impl Converter<'_, '_> {
     /// Converts one value; also returns the largest source offset of the
     /// definitions its keys were matched to, so the next array element
     /// searches after it.
     fn convert(
-        &self,
+        &mut self,
         value: &JValue<'_>,
         place: Place,
         depth: usize,
@@ -1274,12 +1313,20 @@ impl Converter<'_> {
         if depth > MAX_DEPTH {
             return Err(too_deep(place.loc));
         }
+        if let Err(message) = self.budget.spend(NODE_COST, false) {
+            return Err(ParseError::new(place.loc, message));
+        }
         let mut furthest = None;
         let value = match value.kind() {
             ValueKind::Null => Value::Null,
             ValueKind::Bool(b) => Value::Bool(b),
             ValueKind::Number(n) => number(n),
-            ValueKind::String(s) => Value::Str(s),
+            ValueKind::String(s) => {
+                if let Err(message) = self.budget.spend(s.len(), false) {
+                    return Err(ParseError::new(place.loc, message));
+                }
+                Value::Str(s)
+            }
             ValueKind::Array(items) => {
                 let mut nodes = Vec::with_capacity(items.len());
                 let mut after = place.after;
@@ -1303,6 +1350,9 @@ impl Converter<'_> {
                 let mut entries = Vec::with_capacity(fields.len());
                 for (name, field) in &fields {
                     let name = name.value();
+                    if let Err(message) = self.budget.spend(NODE_COST + name.len(), false) {
+                        return Err(ParseError::new(place.loc, message));
+                    }
                     let found = self
                         .keys
                         .find(name, place.parent, place.after, place.in_array);
@@ -1417,7 +1467,7 @@ mod tests {
     }
 
     fn eval_in(dir: &tempfile::TempDir, main: &str) -> Result<Node, ParseError> {
-        eval_jsonnet(&dir.path().join(main), dir.path())
+        eval_jsonnet(&dir.path().join(main), dir.path(), &mut Budget::new())
     }
 
     fn ok(files: &[(&str, &str)]) -> (tempfile::TempDir, Node) {
@@ -1551,7 +1601,7 @@ mod tests {
             ("outside.jsonnet", "{ secret: 1 }"),
         ]);
         let root = d.path().join("conf");
-        match eval_jsonnet(&root.join("main.jsonnet"), &root) {
+        match eval_jsonnet(&root.join("main.jsonnet"), &root, &mut Budget::new()) {
             Ok(node) => panic!("expected an error, got {node:?}"),
             Err(err) => (d, err),
         }
@@ -1600,7 +1650,7 @@ mod tests {
         {
             panic!("symlink: {err}");
         }
-        let e = match eval_jsonnet(&root.join("main.jsonnet"), &root) {
+        let e = match eval_jsonnet(&root.join("main.jsonnet"), &root, &mut Budget::new()) {
             Ok(node) => panic!("expected an error, got {node:?}"),
             Err(err) => err,
         };

@@ -7,6 +7,12 @@
 //! templates. The result is a [`Config`] that is only ever read afterwards;
 //! nothing is compiled again at run time. Errors name the file, line, column
 //! and key path, say what was found and what is accepted.
+//!
+//! The files may come from anyone who can write to the configuration
+//! directory, so one load is bounded whatever they hold ([`Budget`]): the
+//! bytes read, the size of the tree they describe once YAML aliases are
+//! expanded, and the time and memory JSONnet evaluation may take (it runs in
+//! a child process under resource limits, see [`jsonnet`]).
 
 pub mod emit;
 pub mod json;
@@ -17,11 +23,13 @@ pub mod validate;
 pub mod yaml;
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rebuff_engine::{FilterPlan, Patterns, StreamMatcher};
 
-use self::tree::Loc;
+use self::tree::{Loc, ParseError};
 
 /// One problem in a configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,6 +241,187 @@ impl Config {
 /// Loads, merges, validates and compiles the configuration at `path` (a
 /// file or a directory).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let document = sources::read(path)?;
+    let document = sources::read(path, &mut Budget::new())?;
     validate::compile(&document)
+}
+
+/// Most bytes the files of one configuration may hold in all. Real ones
+/// hold a few kilobytes; a distribution's largest, a few dozen.
+pub const MAX_INPUT_BYTES: u64 = 16 << 20;
+
+/// Most memory the tree of one configuration may describe, counted as
+/// [`NODE_COST`] per value and key plus their text, YAML alias copies
+/// included. It keeps a whole load, with validation and printing, well
+/// under a gigabyte.
+pub const MAX_TREE_BYTES: usize = 128 << 20;
+
+/// What one value or key of the tree is counted for, besides its text
+/// (about what a `Node` or a `Key` takes in memory).
+pub const NODE_COST: usize = 64;
+
+/// Most time all JSONnet evaluations of one load may take together.
+pub const JSONNET_TIME: Duration = Duration::from_secs(10);
+
+/// Most address space a JSONnet evaluation may use.
+pub const JSONNET_MEMORY: u64 = 512 << 20;
+
+/// What loading one configuration may still spend. One budget is shared by
+/// every file of a directory, so many files cannot add up to more than one.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    input_left: u64,
+    tree_limit: usize,
+    tree_spent: usize,
+    /// The part of `tree_spent` that YAML aliases copied.
+    tree_copied: usize,
+    jsonnet_left: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new()
+    }
+}
+
+impl Budget {
+    /// The budget of a whole load.
+    pub fn new() -> Self {
+        Budget::with_tree_limit(MAX_TREE_BYTES)
+    }
+
+    /// A budget whose tree may take at most `tree_limit` counted bytes.
+    pub fn with_tree_limit(tree_limit: usize) -> Self {
+        Budget {
+            input_left: MAX_INPUT_BYTES,
+            tree_limit,
+            tree_spent: 0,
+            tree_copied: 0,
+            jsonnet_left: JSONNET_TIME,
+        }
+    }
+
+    /// What the tree may still take.
+    pub fn tree_left(&self) -> usize {
+        self.tree_limit.saturating_sub(self.tree_spent)
+    }
+
+    /// The time JSONnet evaluation may still take.
+    pub fn jsonnet_left(&self) -> Duration {
+        self.jsonnet_left
+    }
+
+    /// Counts time taken by JSONnet evaluation.
+    pub fn spend_jsonnet(&mut self, took: Duration) {
+        self.jsonnet_left = self.jsonnet_left.saturating_sub(took);
+    }
+
+    /// Counts `bytes` more of the tree (`copied` when an alias makes them);
+    /// the error says why the document is refused.
+    pub fn spend(&mut self, bytes: usize, copied: bool) -> Result<(), String> {
+        self.tree_spent = self.tree_spent.saturating_add(bytes);
+        if copied {
+            self.tree_copied = self.tree_copied.saturating_add(bytes);
+        }
+        if self.tree_spent <= self.tree_limit {
+            return Ok(());
+        }
+        let limit = mib(self.tree_limit as u64);
+        Err(if self.tree_copied.saturating_mul(2) > self.tree_spent {
+            format!(
+                "the document expands to more than {limit} of values once its aliases are \
+                 expanded (an alias copies its anchor each time it is used)"
+            )
+        } else {
+            format!(
+                "the configuration is too large: its values take more than {limit} \
+                 (real configurations take well under a megabyte)"
+            )
+        })
+    }
+
+    /// Reads a configuration file, counting it against the input bytes.
+    /// Only regular files are read (a FIFO or a device would block or never
+    /// end), and never more than the budget allows.
+    pub fn read(&mut self, path: &Path) -> Result<Vec<u8>, ParseError> {
+        let fail = |why: String| ParseError::in_file(path, why);
+        let meta =
+            std::fs::metadata(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail(
+                "cannot read the file: it is not a regular file".to_owned(),
+            ));
+        }
+        let file =
+            std::fs::File::open(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        let mut data = Vec::new();
+        file.take(self.input_left.saturating_add(1))
+            .read_to_end(&mut data)
+            .map_err(|e| fail(format!("cannot read the file: {e}")))?;
+        let read = data.len() as u64;
+        if read > self.input_left {
+            return Err(fail(format!(
+                "the configuration is too large: its files may hold {} in all \
+                 (real configurations hold a few kilobytes)",
+                mib(MAX_INPUT_BYTES)
+            )));
+        }
+        self.input_left -= read;
+        Ok(data)
+    }
+}
+
+/// `bytes` in MiB, for messages.
+pub(crate) fn mib(bytes: u64) -> String {
+    let whole = bytes >> 20;
+    if whole > 0 || bytes == 0 {
+        format!("{whole} MiB")
+    } else {
+        format!("{} KiB", bytes.div_ceil(1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_are_read() {
+        // Reading /dev/zero whole would never end.
+        let err = Budget::new()
+            .read(Path::new("/dev/zero"))
+            .expect_err("a device");
+        assert!(err.message.contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Budget::new().read(dir.path()).expect_err("a directory");
+        assert!(err.message.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn the_input_limit_is_shared_by_every_file_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.yml"), dir.path().join("b.yml"));
+        std::fs::write(&a, vec![b'#'; 600]).expect("write");
+        std::fs::write(&b, vec![b'#'; 600]).expect("write");
+        let mut budget = Budget::new();
+        budget.input_left = 1000;
+        assert_eq!(budget.read(&a).expect("fits").len(), 600);
+        let err = budget.read(&b).expect_err("over the limit in all");
+        assert!(err.message.contains("too large"), "{err}");
+        assert!(err.message.contains("16 MiB in all"), "{err}");
+        assert_eq!(&*err.loc.file, b.as_path());
+    }
+
+    #[test]
+    fn the_tree_budget_says_whether_aliases_made_it_overflow() {
+        let mut budget = Budget::with_tree_limit(100);
+        budget.spend(60, false).expect("fits");
+        let err = budget.spend(60, true).expect_err("over");
+        assert!(err.contains("too large"), "{err}");
+        let mut budget = Budget::with_tree_limit(100);
+        budget.spend(10, false).expect("fits");
+        let err = budget.spend(100, true).expect_err("over");
+        assert!(err.contains("aliases"), "{err}");
+        assert_eq!(mib(100), "1 KiB");
+        assert_eq!(mib(128 << 20), "128 MiB");
+    }
 }

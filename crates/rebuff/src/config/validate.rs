@@ -13,6 +13,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use rebuff_engine::matcher::{expand, placeholders};
@@ -35,7 +36,12 @@ const TOP_KEYS: &[&str] = &[
     "state_rotation_interval",
     "plugins",
     "metrics",
+    DEFINITIONS,
 ];
+/// reaction's example configuration keeps its YAML anchors under this key
+/// ("definitions are not read by reaction"): accepted with any value,
+/// ignored, and left out of the printed configuration.
+pub const DEFINITIONS: &str = "definitions";
 const PATTERN_KEYS: &[&str] = &[
     "regex",
     "ignore",
@@ -67,10 +73,17 @@ const ROTATION_MIN_MS: u64 = 30 * 60_000;
 
 /// Validates and compiles a merged configuration tree.
 pub fn compile(root: &Node) -> Result<Config, ConfigErrors> {
-    let mut check = Checker::default();
-    let config = check.config(root);
+    let mut check = Checker {
+        regex_deadline: Some(Instant::now() + REGEX_TIME),
+        ..Checker::default()
+    };
+    let mut config = check.config(root);
     if !check.errors.is_empty() {
+        close(&mut check.errors, check.dropped_errors, "errors");
         return Err(ConfigErrors(check.errors));
+    }
+    if let Some(config) = &mut config {
+        close(&mut config.warnings, check.dropped_warnings, "warnings");
     }
     config.ok_or_else(|| {
         ConfigErrors(vec![ConfigError {
@@ -79,6 +92,16 @@ pub fn compile(root: &Node) -> Result<Config, ConfigErrors> {
             message: "invalid configuration".into(),
         }])
     })
+}
+
+/// The configuration as `test-config` prints it: the tree without the
+/// ignored top-level `definitions`.
+fn document(root: &Node) -> serde_json::Value {
+    let mut document = to_json(root);
+    if let serde_json::Value::Object(entries) = &mut document {
+        entries.shift_remove(DEFINITIONS);
+    }
+    document
 }
 
 /// Converts a tree to JSON, keeping key order (for `test-config`).
@@ -126,6 +149,13 @@ struct Checker {
     /// The `patterns` section is not a map (reported): which names it
     /// defines is unknown, so no placeholder is blamed for naming none.
     patterns_unreadable: bool,
+    /// Problems found beyond `MAX_REPORTED`.
+    dropped_errors: usize,
+    dropped_warnings: usize,
+    /// When compiling regexes must stop (see `regex_time`).
+    regex_deadline: Option<Instant>,
+    regexes_compiled: usize,
+    out_of_regex_time: bool,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -165,25 +195,177 @@ pub fn unknown_key_message(name: &str, known: &[&str]) -> String {
     )
 }
 
+/// Warnings for `\<` written right before a `<name>` placeholder, or `\>`
+/// right after one. In Go's regexps (reaction 1) these escaped a literal
+/// angle bracket; in Rust's (reaction 2 and rebuff) they assert the start
+/// or end of a word. `\<<ip>\>` then never matches `<203.0.113.7>` and
+/// requires a word character where a value like `::1` has none.
+fn legacy_word_escapes(text: &str) -> Vec<String> {
+    let odd_backslashes =
+        |before: &str| before.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1;
+    let mut warnings = Vec::new();
+    for (range, name) in placeholders(text) {
+        let before = &text[..range.start];
+        if let Some(head) = before.strip_suffix('<')
+            && odd_backslashes(head)
+        {
+            warnings.push(format!(
+                "`\\<` before <{name}> is a start-of-word assertion here, not a literal '<' \
+                 as in reaction 1's Go regexps: the regex cannot match a '<' written before \
+                 the value; write `<<{name}>` for a literal '<', or `\\b` for a word boundary"
+            ));
+        }
+        let after = &text[range.end..];
+        if after.starts_with("\\>") {
+            warnings.push(format!(
+                "`\\>` after <{name}> is an end-of-word assertion here, not a literal '>' \
+                 as in reaction 1's Go regexps: the regex cannot match a '>' written after \
+                 the value; write `<{name}>>` for a literal '>', or `\\b` for a word boundary"
+            ));
+        }
+    }
+    warnings
+}
+
+/// Why `regex` (already known to compile) can never match a line, when that
+/// is cheap to see: an empty character class that something requires, or a
+/// `^`/`$` (start/end of the line) with required text before/after it.
+fn never_matches(regex: &str) -> Option<String> {
+    use regex_syntax::hir::{Hir, HirKind, Look};
+
+    fn reason(hir: &Hir) -> Option<&'static str> {
+        match hir.kind() {
+            HirKind::Empty | HirKind::Literal(_) | HirKind::Look(_) => None,
+            HirKind::Class(_) => hir
+                .properties()
+                .minimum_len()
+                .is_none()
+                .then_some("it requires a character from an empty class"),
+            HirKind::Repetition(rep) if rep.min == 0 => None,
+            HirKind::Repetition(rep) => reason(&rep.sub),
+            HirKind::Capture(cap) => reason(&cap.sub),
+            HirKind::Alternation(alternatives) => {
+                let reasons: Vec<_> = alternatives.iter().map(reason).collect();
+                if reasons.iter().all(Option::is_some) {
+                    reasons.into_iter().flatten().next()
+                } else {
+                    None
+                }
+            }
+            HirKind::Concat(items) => {
+                if let Some(found) = items.iter().find_map(reason) {
+                    return Some(found);
+                }
+                let consumes = |h: &Hir| h.properties().minimum_len().is_some_and(|n| n > 0);
+                for (i, item) in items.iter().enumerate() {
+                    match item.kind() {
+                        HirKind::Look(Look::Start) if items[..i].iter().any(consumes) => {
+                            return Some(
+                                "`^` (the start of the line) comes after text the regex requires",
+                            );
+                        }
+                        HirKind::Look(Look::End) if items[i + 1..].iter().any(consumes) => {
+                            return Some(
+                                "`$` (the end of the line) comes before text the regex requires",
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    let hir = regex_syntax::Parser::new().parse(regex).ok()?;
+    reason(&hir).map(|why| format!("this regex can never match: {why}"))
+}
+
 fn is_word(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Most time the regexes of one configuration may take to compile, all
+/// checks included. Real configurations take milliseconds; the limit stops
+/// a file that copies a large regex into thousands of filters. The stream
+/// matchers built afterwards compile the same regexes once more.
+const REGEX_TIME: Duration = Duration::from_secs(5);
+
+/// Most errors, and most warnings, reported for one configuration: enough
+/// to fix a real one in a round or two, and a file of a million bad keys
+/// still answers at once.
+pub(crate) const MAX_REPORTED: usize = 200;
+
+/// Keeps a problem unless `MAX_REPORTED` are already kept; counts it.
+fn report(list: &mut Vec<ConfigError>, dropped: &mut usize, problem: ConfigError) {
+    if list.len() < MAX_REPORTED {
+        list.push(problem);
+    } else {
+        *dropped += 1;
+    }
+}
+
+/// Closes a list of problems with how many were left out.
+pub(crate) fn close(list: &mut Vec<ConfigError>, dropped: usize, what: &str) {
+    if dropped > 0 {
+        list.push(ConfigError {
+            loc: None,
+            path: String::new(),
+            message: format!("... and {dropped} more {what}, not shown"),
+        });
+    }
+}
+
 impl Checker {
     fn error(&mut self, loc: &Loc, path: &str, message: impl Into<String>) {
-        self.errors.push(ConfigError {
+        let problem = ConfigError {
             loc: Some(loc.clone()),
             path: path.to_owned(),
             message: message.into(),
-        });
+        };
+        report(&mut self.errors, &mut self.dropped_errors, problem);
+    }
+
+    /// Whether one more regex may be compiled; once the time is up, says so
+    /// (once) at `loc` and refuses every later regex.
+    fn regex_time(&mut self, loc: &Loc, path: &str) -> bool {
+        if self.out_of_regex_time {
+            return false;
+        }
+        if self
+            .regex_deadline
+            .is_some_and(|deadline| Instant::now() > deadline)
+        {
+            self.out_of_regex_time = true;
+            let done = self.regexes_compiled;
+            self.error(
+                loc,
+                path,
+                format!(
+                    "compiling the configuration's regexes took more than {} s ({done} regexes \
+                     compiled before this one): are regexes or filters copied many times by \
+                     aliases, or are they very large?",
+                    REGEX_TIME.as_secs()
+                ),
+            );
+            return false;
+        }
+        self.regexes_compiled += 1;
+        true
+    }
+
+    /// Errors found so far, reported or not.
+    fn error_count(&self) -> usize {
+        self.errors.len() + self.dropped_errors
     }
 
     fn warn(&mut self, loc: &Loc, path: &str, message: impl Into<String>) {
-        self.warnings.push(ConfigError {
+        let problem = ConfigError {
             loc: Some(loc.clone()),
             path: path.to_owned(),
             message: message.into(),
-        });
+        };
+        report(&mut self.warnings, &mut self.dropped_warnings, problem);
     }
 
     fn map<'a>(&mut self, node: &'a Node, path: &str, what: &str) -> Option<&'a Entries> {
@@ -204,6 +386,11 @@ impl Checker {
     fn known_keys(&mut self, entries: &Entries, path: &str, known: &[&str]) {
         for (key, _) in entries {
             if !known.contains(&key.name.as_str()) {
+                if self.errors.len() >= MAX_REPORTED {
+                    // Not shown: spare the message and its suggestion.
+                    self.dropped_errors += 1;
+                    continue;
+                }
                 self.error(
                     &key.loc,
                     &join(path, &key.name),
@@ -357,7 +544,12 @@ impl Checker {
         let metrics = get(entries, "metrics").and_then(|n| self.metrics(n, &streams));
 
         Some(Config {
-            document: to_json(root),
+            // Only a valid configuration is ever printed.
+            document: if self.errors.is_empty() {
+                document(root)
+            } else {
+                serde_json::Value::Null
+            },
             patterns,
             streams,
             start,
@@ -426,7 +618,7 @@ impl Checker {
         let name = key.name.as_str();
         let entries = self.map(def, path, "a pattern (a map with 'regex' or 'type')")?;
         self.known_keys(entries, path, PATTERN_KEYS);
-        let errors_before = self.errors.len();
+        let errors_before = self.error_count();
 
         // `None` when the type is invalid (reported): then nothing that
         // depends on the type is checked, so one mistake is one error.
@@ -468,13 +660,20 @@ impl Checker {
         }
         if let (Some(re), Some(node)) = (&regex, get(entries, "regex"))
             && kind == PatternKind::Regex
-            && let Err(e) = check_regex(re)
+            && self.regex_time(&node.loc, &join(path, "regex"))
         {
-            self.error(
-                &node.loc,
-                &join(path, "regex"),
-                format!("invalid regex: {e}"),
-            );
+            match check_regex(re) {
+                Err(e) => self.error(
+                    &node.loc,
+                    &join(path, "regex"),
+                    format!("invalid regex: {e}"),
+                ),
+                Ok(_) => {
+                    if let Some(warning) = never_matches(re) {
+                        self.warn(&node.loc, &join(path, "regex"), warning);
+                    }
+                }
+            }
         }
 
         let ignore = self.string_list(entries, path, "ignore");
@@ -483,6 +682,9 @@ impl Checker {
             && let Value::Seq(items) = &node.value
         {
             for (i, (re, item)) in ignore_regex.iter().zip(items).enumerate() {
+                if !self.regex_time(&item.loc, &format!("{path}.ignoreregex[{i}]")) {
+                    continue;
+                }
                 if let Err(e) = whole_value_regex(re) {
                     self.error(
                         &item.loc,
@@ -496,7 +698,7 @@ impl Checker {
         let ipv4_mask = self.mask(entries, path, "ipv4mask", 32, kind, PatternKind::Ipv6);
         let ipv6_mask = self.mask(entries, path, "ipv6mask", 128, kind, PatternKind::Ipv4);
 
-        if self.errors.len() > errors_before {
+        if self.error_count() > errors_before || self.out_of_regex_time {
             return None;
         }
         let spec = PatternSpec {
@@ -720,7 +922,7 @@ impl Checker {
         let name = key.name.as_str();
         let entries = self.map(def, path, "a stream (a map with 'cmd' and 'filters')")?;
         self.known_keys(entries, path, STREAM_KEYS);
-        let errors_before = self.errors.len();
+        let errors_before = self.error_count();
         self.plugin_type(entries, path, "cmd", "stream");
         let cmd = match get(entries, "cmd") {
             Some(n) => self.command(n, &join(path, "cmd")),
@@ -767,7 +969,7 @@ impl Checker {
                 }
             }
         }
-        if self.errors.len() > errors_before {
+        if self.error_count() > errors_before || self.out_of_regex_time {
             return None;
         }
         match StreamMatcher::new(patterns, &specs) {
@@ -794,7 +996,7 @@ impl Checker {
         let name = key.name.as_str();
         let entries = self.map(def, path, "a filter (a map with 'regex' and 'actions')")?;
         self.known_keys(entries, path, FILTER_KEYS);
-        let errors_before = self.errors.len();
+        let errors_before = self.error_count();
 
         if let Some(node) = get(entries, "type") {
             let type_path = join(path, "type");
@@ -884,7 +1086,7 @@ impl Checker {
 
         // Without valid regexes (`names` is None) the filter cannot be
         // compiled; its error, or its broken pattern's, is already reported.
-        if self.errors.len() > errors_before || names.is_none() {
+        if self.error_count() > errors_before || names.is_none() {
             return None;
         }
         let regexes = self
@@ -985,10 +1187,20 @@ impl Checker {
                     continue;
                 }
             };
+            if !self.regex_time(&item.loc, &item_path) {
+                ok = false;
+                continue;
+            }
             if let Err(e) = expanded.check() {
                 self.error(&item.loc, &item_path, format!("invalid regex: {e}"));
                 ok = false;
                 continue;
+            }
+            for warning in legacy_word_escapes(text)
+                .into_iter()
+                .chain(never_matches(&expanded.regex))
+            {
+                self.warn(&item.loc, &item_path, warning);
             }
             match &first {
                 None => first = Some((expanded.names, i)),
@@ -1065,7 +1277,7 @@ impl Checker {
         let (ip_slot, patterns) = (filter.ip_slot, filter.patterns);
         let entries = self.map(def, path, "an action (a map with 'cmd')")?;
         self.known_keys(entries, path, ACTION_KEYS);
-        let errors_before = self.errors.len();
+        let errors_before = self.error_count();
         self.plugin_type(entries, path, "cmd", "action");
 
         let cmd = match get(entries, "cmd") {
@@ -1126,7 +1338,7 @@ impl Checker {
                 );
             }
         }
-        if self.errors.len() > errors_before {
+        if self.error_count() > errors_before {
             return None;
         }
         let ip_only = match (v4, v6) {
@@ -1229,6 +1441,127 @@ mod tests {
     fn the_valid_fixture_compiles() {
         let config = load_yaml(VALID).expect("valid");
         assert!(!config.streams.is_empty());
+    }
+
+    /// A one-filter configuration around `regex` (YAML single-quoted).
+    fn with_regex(patterns: &str, regex: &str) -> String {
+        format!(
+            "patterns:\n  ip:\n    type: ip\n{patterns}streams:\n  s:\n    cmd: [cat]\n    filters:\n      f:\n        regex: ['{regex}']\n"
+        )
+    }
+
+    fn warnings(text: &str) -> Vec<String> {
+        let config = load_yaml(text).expect("valid");
+        config.warnings.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn top_level_definitions_are_accepted_and_left_out_of_the_document() {
+        let text = format!(
+            "definitions:\n  - &tail ['tail', '-F']\n  - {{any: [thing]}}\n{}",
+            with_regex("", "from <ip>")
+        );
+        let config = load_yaml(&text).expect("valid");
+        assert!(config.document.get("definitions").is_none());
+        assert!(config.document.get("streams").is_some());
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let err = load_yaml(&format!("definition: 1\n{}", with_regex("", "<ip>")))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("c.yml:1:1"), "{err}");
+        assert!(err.contains("did you mean 'definitions'"), "{err}");
+    }
+
+    #[test]
+    fn go_style_angle_escapes_around_a_placeholder_warn() {
+        let found = warnings(&with_regex("", r"from \<<ip>\> port"));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("c.yml:9:17"), "{found:?}");
+        assert!(
+            found[0].contains("streams.s.filters.f.regex[0]"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("start-of-word"), "{found:?}");
+        assert!(found[0].contains("`<<ip>`"), "{found:?}");
+        assert!(found[1].contains("end-of-word"), "{found:?}");
+        // Why: Rust's regex reads `\<` as an assertion, so the written '<'
+        // of a line can never be matched.
+        let re = regex::Regex::new(r"from \<[0-9.]+\>").expect("compiles");
+        assert!(!re.is_match("from <203.0.113.7>"));
+        assert!(re.is_match("from 203.0.113.7"));
+        // An escaped backslash before '<', a literal '<', and `\<` not next
+        // to a placeholder are not the legacy escape.
+        for regex in [r"a\\<<ip>", "<<ip>>", r"\<word\> <ip>"] {
+            assert!(warnings(&with_regex("", regex)).is_empty(), "{regex}");
+        }
+    }
+
+    #[test]
+    fn regexes_that_can_never_match_warn() {
+        for (regex, why) in [
+            (r"<ip>$ port", "`$`"),
+            (r"x^<ip>", "`^`"),
+            (r"<ip>[^\s\S]", "empty class"),
+            (r"(<ip>$ a|^b <ip>$ c)", "`$`"),
+        ] {
+            let found = warnings(&with_regex("", regex));
+            assert_eq!(found.len(), 1, "{regex}: {found:?}");
+            assert!(found[0].contains("can never match"), "{found:?}");
+            assert!(found[0].contains(why), "{regex}: {found:?}");
+        }
+        for regex in [
+            r"^from <ip>$",
+            r"(^|x)<ip>",
+            r"<ip>($|,)",
+            r"<ip>(?m:$\n)?",
+            r"<ip> [^\s\S]*",
+        ] {
+            assert!(warnings(&with_regex("", regex)).is_empty(), "{regex}");
+        }
+        let found = warnings(&with_regex("  user:\n    regex: 'a$b'\n", "<ip>"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("patterns.user.regex"), "{found:?}");
+    }
+
+    #[test]
+    fn regexes_stop_compiling_once_their_time_is_up() {
+        let text = format!(
+            "{}      g:\n        regex: ['by <ip>']\n",
+            with_regex("  user:\n    regex: '\\w+'\n", "from <ip>")
+        );
+        let root = yaml::parse_yaml(Path::new("c.yml"), &text).expect("yaml");
+        let past = Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .unwrap_or_else(Instant::now);
+        let mut check = Checker {
+            regex_deadline: Some(past),
+            ..Checker::default()
+        };
+        check.config(&root);
+        let errors: Vec<String> = check.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("c.yml:5:12: patterns.user.regex"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("took more than 5 s (0 regexes"),
+            "{errors:?}"
+        );
+        // With time left, the same configuration is valid.
+        compile(&root).expect("valid");
+    }
+
+    #[test]
+    fn a_flood_of_errors_is_cut_short_and_counted() {
+        let keys: String = (0..500).map(|i| format!("k{i}: 1\n")).collect();
+        let errors = load_yaml(&format!("{keys}{}", with_regex("", "<ip>")))
+            .expect_err("unknown keys")
+            .0;
+        assert_eq!(errors.len(), MAX_REPORTED + 1);
+        assert!(errors[0].to_string().contains("c.yml:1:1: k0: unknown key"));
+        let last = errors[MAX_REPORTED].to_string();
+        assert_eq!(last, "... and 300 more errors, not shown");
     }
 
     proptest! {

@@ -2,8 +2,9 @@
 //!
 //! [`parse_yaml`] owns everything YAML-specific so the rest of the
 //! configuration code never sees it: the single-document rule, anchors and
-//! aliases (expanded into copies, with a budget against "billion laughs"
-//! documents), `<<` merge keys, tags, and the YAML 1.2 core-schema resolution
+//! aliases (expanded into copies, counted in bytes against the load's
+//! [`Budget`] so "billion laughs" documents and huge aliased strings stop
+//! before they are built), `<<` merge keys, tags, and the YAML 1.2 core-schema resolution
 //! of plain scalars. It returns one [`Node`] whose values and keys all carry the
 //! line and column they were written at, or a [`ParseError`] pointing at the
 //! offending spot.
@@ -20,28 +21,32 @@ use std::sync::Arc;
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Span, Tag};
 
 use super::tree::{Key, Loc, Node, ParseError, Value, shared_path};
+use super::{Budget, NODE_COST};
 
 /// Deepest nesting of lists and maps accepted. Real configurations stay under
 /// ten; the cap exists so every later recursive walk of the tree is safe.
 const MAX_DEPTH: usize = 512;
 
-/// Upper bound on the number of nodes built, counting every copy made by an
-/// alias. A few kilobytes of nested aliases can otherwise describe billions
-/// of nodes.
-const MAX_NODES: usize = 1_000_000;
-
-/// Parses one YAML document into a positioned tree.
+/// Parses one YAML document into a positioned tree, within a fresh
+/// [`Budget`].
 ///
 /// An empty file, a file holding only comments, or a document with no content
 /// (`---` alone) is an empty map, so that "nothing configured yet" reads as an
 /// empty configuration rather than as a type error.
 pub fn parse_yaml(path: &Path, text: &str) -> Result<Node, ParseError> {
+    parse_yaml_within(path, text, &mut Budget::new())
+}
+
+/// Parses one YAML document, counting every value, key and alias copy
+/// against `budget` before it is built: a few kilobytes of nested aliases
+/// can otherwise describe gigabytes.
+pub fn parse_yaml_within(path: &Path, text: &str, budget: &mut Budget) -> Result<Node, ParseError> {
     let mut builder = Builder {
         file: shared_path(path),
         text,
         stack: Vec::new(),
         anchors: HashMap::new(),
-        nodes: 0,
+        budget,
         root: None,
         documents: 0,
     };
@@ -70,7 +75,7 @@ pub fn parse_yaml(path: &Path, text: &str) -> Result<Node, ParseError> {
 /// written.
 struct Built {
     node: Node,
-    /// Nodes in this subtree, counting alias copies.
+    /// Counted bytes of this subtree, alias copies included.
     size: usize,
     /// The source text when the node is a scalar, so it can serve as a map
     /// key exactly as written (`0x10:` is the key "0x10", not "16").
@@ -118,17 +123,17 @@ enum Entry {
     Merge(Vec<(Key, Node)>),
 }
 
-struct Builder<'t> {
+struct Builder<'t, 'b> {
     file: Arc<Path>,
     text: &'t str,
     stack: Vec<Frame>,
     anchors: HashMap<usize, Anchored>,
-    nodes: usize,
+    budget: &'b mut Budget,
     root: Option<Built>,
     documents: usize,
 }
 
-impl Builder<'_> {
+impl Builder<'_, '_> {
     fn loc(&self, marker: &Marker) -> Loc {
         Loc::new(
             self.file.clone(),
@@ -141,19 +146,13 @@ impl Builder<'_> {
         ParseError::new(self.loc(marker), message)
     }
 
-    /// Counts `count` more nodes against the budget.
-    fn spend(&mut self, count: usize, at: &Marker) -> Result<(), ParseError> {
-        self.nodes = self.nodes.saturating_add(count);
-        if self.nodes > MAX_NODES {
-            return Err(self.error(
-                at,
-                format!(
-                    "the document expands to more than {MAX_NODES} values \
-                     (aliases copy their anchor each time they are used)"
-                ),
-            ));
+    /// Counts `bytes` more of the tree against the budget (`copied` when
+    /// an alias or an anchor makes them), before they are built.
+    fn spend(&mut self, bytes: usize, copied: bool, at: &Marker) -> Result<(), ParseError> {
+        match self.budget.spend(bytes, copied) {
+            Ok(()) => Ok(()),
+            Err(message) => Err(self.error(at, message)),
         }
-        Ok(())
     }
 
     /// Handles one event; returns false once the stream has ended.
@@ -182,7 +181,7 @@ impl Builder<'_> {
                         format!("alias *{name} refers to a node that contains it"),
                     ));
                 };
-                self.spend(size, &at)?;
+                self.spend(size, true, &at)?;
                 let Some(anchored) = self.anchors.get(&id) else {
                     return Err(self.error(&at, "alias refers to an unknown anchor"));
                 };
@@ -201,7 +200,8 @@ impl Builder<'_> {
                 })?;
             }
             Event::Scalar(text, style, anchor, tag) => {
-                self.spend(1, &at)?;
+                let size = NODE_COST.saturating_add(text.len());
+                self.spend(size, false, &at)?;
                 let value = scalar_value(&text, style, tag.as_deref())
                     .map_err(|message| self.error(&at, message))?;
                 let plain_untagged = style == ScalarStyle::Plain && tag.is_none();
@@ -210,7 +210,7 @@ impl Builder<'_> {
                         value,
                         loc: self.loc(&at),
                     },
-                    size: 1,
+                    size,
                     is_merge_key: plain_untagged && text == "<<",
                     is_empty_plain: plain_untagged && text.is_empty() && anchor == 0,
                     key_text: Some(text.into_owned()),
@@ -225,7 +225,7 @@ impl Builder<'_> {
                         loc: self.loc(&at),
                         anchor,
                         items: Vec::new(),
-                        size: 1,
+                        size: NODE_COST,
                     },
                     &at,
                 )?;
@@ -239,7 +239,7 @@ impl Builder<'_> {
                         entries: Vec::new(),
                         seen: HashMap::new(),
                         pending: None,
-                        size: 1,
+                        size: NODE_COST,
                     },
                     &at,
                 )?;
@@ -300,7 +300,7 @@ impl Builder<'_> {
                 format!("lists and maps are nested more than {MAX_DEPTH} levels deep"),
             ));
         }
-        self.spend(1, at)?;
+        self.spend(NODE_COST, false, at)?;
         self.stack.push(frame);
         Ok(())
     }
@@ -329,7 +329,7 @@ impl Builder<'_> {
         }
         // Keeping the copy costs as much as making one, so it is budgeted
         // too; this also bounds the work of anchors nested in anchors.
-        self.spend(built.size, at)?;
+        self.spend(built.size, true, at)?;
         self.anchors.insert(
             anchor,
             Anchored {
@@ -859,7 +859,43 @@ mod tests {
             ));
         }
         let e = err(&text);
-        assert!(e.message.contains("more than 1000000"), "{}", e.message);
+        assert!(e.message.contains("more than 128 MiB"), "{}", e.message);
+        assert!(e.message.contains("aliases"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_long_string_aliased_many_times_is_stopped_by_its_bytes() {
+        // Few values, many bytes: 100 x 100 copies of 64 KiB.
+        let text = format!(
+            "a: &a \"{}\"\nb: &b [{}]\nc: [{}]\n",
+            "x".repeat(64 << 10),
+            vec!["*a"; 100].join(", "),
+            vec!["*b"; 100].join(", ")
+        );
+        let mut budget = Budget::with_tree_limit(16 << 20);
+        let e = match parse_yaml_within(Path::new("test.yaml"), &text, &mut budget) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        };
+        assert!(e.message.contains("more than 16 MiB"), "{}", e.message);
+        assert!(e.message.contains("aliases are expanded"), "{}", e.message);
+        assert_eq!(e.loc.line, 3, "{e}");
+        // The same text without aliases fits.
+        let plain = format!("a: \"{}\"\n", "x".repeat(64 << 10));
+        let mut budget = Budget::with_tree_limit(16 << 20);
+        assert!(parse_yaml_within(Path::new("test.yaml"), &plain, &mut budget).is_ok());
+    }
+
+    #[test]
+    fn a_large_document_without_aliases_is_too_large_not_an_alias_bomb() {
+        let text: String = (0..20_000).map(|i| format!("key{i}: value\n")).collect();
+        let mut budget = Budget::with_tree_limit(1 << 20);
+        let e = match parse_yaml_within(Path::new("test.yaml"), &text, &mut budget) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        };
+        assert!(e.message.contains("too large"), "{}", e.message);
+        assert!(!e.message.contains("alias"), "{}", e.message);
     }
 
     #[test]

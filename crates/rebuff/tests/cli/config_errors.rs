@@ -2,7 +2,7 @@
 //! anything starts, with exit code 1 and a message naming the file, line,
 //! column, key path, what was found and what is accepted.
 
-use super::{rebuff, stderr, write_config};
+use super::{fixture, rebuff, stderr, stdout, write_config};
 
 /// A valid stream around `filter_body` (indented for `streams.s.filters.f`).
 fn with_filter(patterns: &str, filter_body: &str) -> String {
@@ -505,19 +505,6 @@ fn directory_errors(other_name: &str, other_text: &str) -> String {
 }
 
 #[test]
-fn a_stream_defined_in_two_files_names_both() {
-    let err = directory_errors(
-        "b.yml",
-        "streams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n        regex: ['x']\n",
-    );
-    assert!(
-        err.contains("b.yml:2:3") && err.contains("a.yml:5:3"),
-        "{err}"
-    );
-    assert!(err.contains("streams.s"), "{err}");
-}
-
-#[test]
 fn a_pattern_defined_in_two_files_names_both() {
     let err = directory_errors("b.json", "{\"patterns\": {\"ip\": {\"type\": \"ipv4\"}}}");
     assert!(
@@ -761,4 +748,275 @@ fn a_json_error_about_a_key_points_at_the_key_not_its_value() {
     ] {
         assert!(err.contains(expected), "{expected:?} in:\n{err}");
     }
+}
+
+#[test]
+fn the_same_filter_of_a_stream_in_two_files_names_both() {
+    let err = directory_errors(
+        "b.yml",
+        "streams:\n  s:\n    cmd: ['cat']\n    filters:\n      f:\n        regex: ['x']\n",
+    );
+    assert!(
+        err.contains("b.yml:5:7") && err.contains("a.yml:8:7"),
+        "{err}"
+    );
+    assert!(err.contains("streams.s.filters.f"), "{err}");
+    assert!(err.contains("1 error"), "{err}");
+}
+
+#[test]
+fn a_stream_cmd_given_differently_in_two_files_names_both() {
+    let err = directory_errors(
+        "b.yml",
+        "streams:\n  s:\n    cmd: ['tail', '-F', 'x']\n    filters:\n      g:\n        regex: ['<ip>']\n",
+    );
+    assert!(
+        err.contains("b.yml:3:5") && err.contains("a.yml:6:5"),
+        "{err}"
+    );
+    assert!(err.contains("streams.s.cmd"), "{err}");
+    assert!(err.contains("set differently"), "{err}");
+}
+
+#[test]
+fn a_split_stream_without_cmd_in_any_file_is_rejected() {
+    let config = write_config(
+        "a.yml",
+        "patterns:\n  ip:\n    type: ip\nstreams:\n  s:\n    filters:\n      f:\n        regex: ['<ip>']\n",
+    );
+    std::fs::write(
+        config.dir.path().join("b.yml"),
+        "streams:\n  s:\n    filters:\n      g:\n        regex: ['<ip>']\n",
+    )
+    .expect("write");
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(config.dir.path())
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("a.yml:5:3"), "{err}");
+    assert!(err.contains("streams.s: a stream needs a 'cmd'"), "{err}");
+}
+
+#[test]
+fn reaction_example_style_definitions_load_unchanged() {
+    let output = rebuff()
+        .args(["test-config", "-f", "json", "-c"])
+        .arg(fixture("valid/definitions.yml"))
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(err.is_empty(), "no warnings expected: {err}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("json");
+    assert!(
+        doc.get("definitions").is_none(),
+        "definitions are not printed"
+    );
+    let portscan = &doc["streams"]["kernel"]["filters"]["portscan"];
+    assert_eq!(portscan["retry"], 4, "{portscan}");
+    assert_eq!(portscan["actions"]["unban"]["after"], "2d", "{portscan}");
+    assert_eq!(
+        doc["streams"]["ssh"]["filters"]["failedlogin"]["actions"]["ban"]["cmd"][5],
+        "<ip>"
+    );
+}
+
+#[test]
+fn an_unknown_top_level_key_beside_definitions_is_still_rejected() {
+    assert_rejected(
+        "c.yml",
+        &format!(
+            "definitions: [&c ['cat']]\ndefinition: 1\n{}",
+            with_filter(IP, "        regex: ['<ip>']\n")
+        ),
+        &["c.yml:2:1", "definition", "did you mean 'definitions'"],
+    );
+}
+
+#[test]
+fn a_stream_split_across_files_loads_with_its_filters_in_file_order() {
+    let output = rebuff()
+        .args(["test-config", "-f", "json", "-c"])
+        .arg(fixture("valid/split"))
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("json");
+    assert!(doc.get("definitions").is_none(), "{doc}");
+    let sshd = doc["streams"]["sshd"]
+        .as_object()
+        .expect("one merged stream");
+    assert_eq!(sshd["cmd"][3], "ssh.service");
+    let filters: Vec<&String> = sshd["filters"].as_object().expect("map").keys().collect();
+    assert_eq!(filters, ["failedlogin", "preauth", "kex", "rootlogin"]);
+}
+
+#[test]
+fn test_config_warns_about_regexes_that_cannot_match_but_accepts_them() {
+    let config = write_config(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex:\n          - 'from \\<<ip>\\>'\n          - 'by <ip>$ port'\n",
+        ),
+    );
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert!(!output.stdout.is_empty());
+    assert!(
+        err.contains("WARN") && err.contains("c.yml:10:13: streams.s.filters.f.regex[0]"),
+        "{err}"
+    );
+    assert!(err.contains("start-of-word"), "{err}");
+    assert!(
+        err.contains("c.yml:11:13: streams.s.filters.f.regex[1]")
+            && err.contains("can never match"),
+        "{err}"
+    );
+}
+
+// Hostile configurations: whatever a file holds, `test-config` answers soon,
+// within bounded memory, with an error naming the file and exit code 1.
+
+#[test]
+fn a_long_yaml_string_aliased_100_by_100_times_is_refused_by_its_bytes() {
+    let text = format!(
+        "a: &a \"{}\"\nb: &b [{}]\nc: [{}]\n",
+        "x".repeat(1 << 20),
+        vec!["*a"; 100].join(", "),
+        vec!["*b"; 100].join(", ")
+    );
+    assert_rejected(
+        "c.yml",
+        &text,
+        &["c.yml:2:", "more than 128 MiB", "aliases are expanded"],
+    );
+}
+
+#[test]
+fn a_19_mb_file_of_plain_keys_is_too_large_not_an_alias_bomb() {
+    let mut text = String::with_capacity(19_100_000);
+    let mut i = 0;
+    while text.len() < 19_000_000 {
+        text.push_str(&format!("key{i:07}: value\n"));
+        i += 1;
+    }
+    let config = write_config("c.yml", &text);
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("c.yml: the configuration is too large"),
+        "{err}"
+    );
+    assert!(err.contains("16 MiB"), "{err}");
+    assert!(!err.contains("alias"), "{err}");
+}
+
+#[test]
+fn a_configuration_file_that_is_a_device_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yml");
+    std::os::unix::fs::symlink("/dev/zero", &path).expect("symlink");
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("c.yml: cannot read the file: it is not a regular file"),
+        "{err}"
+    );
+}
+
+/// Runs `test-config` on a JSONnet file and returns its stderr, after
+/// checking the exit code and that it names the file.
+fn jsonnet_refusal(text: &str) -> String {
+    let config = write_config("c.jsonnet", text);
+    let output = rebuff()
+        .args(["test-config", "-c"])
+        .arg(&config.path)
+        .output()
+        .expect("runs");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(output.stdout.is_empty());
+    assert!(err.contains("c.jsonnet"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+const OUT_OF_MEMORY: &str = "needed more than 512 MiB of memory";
+
+const OUT_OF_TIME: &str = "did not finish within 10 s";
+
+#[test]
+fn a_jsonnet_range_of_200_million_is_stopped_by_the_memory_limit() {
+    let err = jsonnet_refusal("{ streams: { n: std.length(std.range(0, 2e8)) } }");
+    assert!(err.contains(OUT_OF_MEMORY), "{err}");
+}
+
+#[test]
+fn a_jsonnet_string_doubled_40_times_is_stopped_by_the_memory_limit() {
+    let err = jsonnet_refusal(
+        "local grow(s, n) = if n == 0 then s else grow(s + s, n - 1);\n\
+         { streams: { s: { cmd: [grow('x', 40)] } } }",
+    );
+    assert!(err.contains(OUT_OF_MEMORY), "{err}");
+}
+
+#[test]
+fn a_jsonnet_string_grown_in_a_loop_is_stopped() {
+    let err = jsonnet_refusal(
+        "{ streams: { s: { cmd: [std.foldl(function(acc, i) acc + 'xxxxxxxxxx', \
+         std.range(1, 1e6), '')] } } }",
+    );
+    assert!(
+        err.contains(OUT_OF_MEMORY) || err.contains(OUT_OF_TIME),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_jsonnet_object_doubled_30_levels_is_stopped() {
+    let err = jsonnet_refusal(
+        "local grow(o, n) = if n == 0 then o else grow({ a: o, b: o }, n - 1);\n\
+         { streams: grow({ leaf: 'x' }, 30) }",
+    );
+    assert!(
+        err.contains(OUT_OF_TIME) || err.contains("too large"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_jsonnet_loop_that_never_ends_is_stopped_by_the_time_limit() {
+    let err = jsonnet_refusal(
+        "local spin(n, acc) = if n == 0 then acc else spin(n - 1, acc + 1) tailstrict;\n\
+         { streams: spin(1e12, 0) }",
+    );
+    assert!(err.contains(OUT_OF_TIME), "{err}");
+}
+
+#[test]
+fn deep_jsonnet_recursion_is_stopped_at_its_call() {
+    let err = jsonnet_refusal(
+        "local down(n) = if n == 0 then 0 else 1 + down(n - 1);\n{ depth: down(1e6) }",
+    );
+    assert!(err.contains("c.jsonnet:1:"), "{err}");
+    assert!(err.contains("deeper than 500 calls"), "{err}");
 }
