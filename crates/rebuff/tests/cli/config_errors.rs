@@ -2,7 +2,7 @@
 //! anything starts, with exit code 1 and a message naming the file, line,
 //! column, key path, what was found and what is accepted.
 
-use super::{fixture, rebuff, stderr, stdout, write_config};
+use super::{fixture, rebuff, stderr, stdout, test_config, write_config};
 
 /// A valid stream around `filter_body` (indented for `streams.s.filters.f`).
 fn with_filter(patterns: &str, filter_body: &str) -> String {
@@ -16,11 +16,7 @@ const IP: &str = "  ip:\n    type: ip\n";
 /// Runs `test-config` on `text` and checks the error mentions each piece.
 fn assert_rejected(file: &str, text: &str, expected: &[&str]) {
     let config = write_config(file, text);
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(&config.path)
-        .output()
-        .expect("runs");
+    let output = test_config(&config.path);
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "stderr: {err}");
     assert!(output.stdout.is_empty(), "nothing printed on stdout");
@@ -495,11 +491,7 @@ fn a_jsonnet_import_outside_the_configuration_directory_is_rejected() {
 fn directory_errors(other_name: &str, other_text: &str) -> String {
     let config = write_config("a.yml", &with_filter(IP, "        regex: ['<ip>']\n"));
     std::fs::write(config.dir.path().join(other_name), other_text).expect("write");
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(config.dir.path())
-        .output()
-        .expect("runs");
+    let output = test_config(config.dir.path());
     assert_eq!(output.status.code(), Some(1));
     stderr(&output)
 }
@@ -523,11 +515,7 @@ fn several_errors_are_all_reported_at_once() {
             "        regex: ['<ip>']\n        retry: 1\n        retryperiod: 1h\n        duplicate: nope\n",
         ),
     );
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(&config.path)
-        .output()
-        .expect("runs");
+    let output = test_config(&config.path);
     let err = stderr(&output);
     assert!(err.contains("retry") && err.contains("duplicate"), "{err}");
     assert!(err.contains("2 errors"), "{err}");
@@ -536,11 +524,7 @@ fn several_errors_are_all_reported_at_once() {
 /// `test-config`'s stderr for `text`, which must be rejected.
 fn rejection(file: &str, text: &str) -> String {
     let config = write_config(file, text);
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(&config.path)
-        .output()
-        .expect("runs");
+    let output = test_config(&config.path);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     stderr(&output)
 }
@@ -789,11 +773,7 @@ fn a_split_stream_without_cmd_in_any_file_is_rejected() {
         "streams:\n  s:\n    filters:\n      g:\n        regex: ['<ip>']\n",
     )
     .expect("write");
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(config.dir.path())
-        .output()
-        .expect("runs");
+    let output = test_config(config.dir.path());
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(err.contains("a.yml:5:3"), "{err}");
@@ -863,11 +843,7 @@ fn test_config_warns_about_regexes_that_cannot_match_but_accepts_them() {
             "        regex:\n          - 'from \\<<ip>\\>'\n          - 'by <ip>$ port'\n",
         ),
     );
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(&config.path)
-        .output()
-        .expect("runs");
+    let output = test_config(&config.path);
     let err = stderr(&output);
     assert!(output.status.success(), "{err}");
     assert!(!output.stdout.is_empty());
@@ -910,11 +886,7 @@ fn a_19_mb_file_of_plain_keys_is_too_large_not_an_alias_bomb() {
         i += 1;
     }
     let config = write_config("c.yml", &text);
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(&config.path)
-        .output()
-        .expect("runs");
+    let output = test_config(&config.path);
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(
@@ -930,11 +902,7 @@ fn a_configuration_file_that_is_a_device_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("c.yml");
     std::os::unix::fs::symlink("/dev/zero", &path).expect("symlink");
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(&path)
-        .output()
-        .expect("runs");
+    let output = test_config(&path);
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(
@@ -947,11 +915,7 @@ fn a_configuration_file_that_is_a_device_is_refused() {
 /// checking the exit code and that it names the file.
 fn jsonnet_refusal(text: &str) -> String {
     let config = write_config("c.jsonnet", text);
-    let output = rebuff()
-        .args(["test-config", "-c"])
-        .arg(&config.path)
-        .output()
-        .expect("runs");
+    let output = test_config(&config.path);
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
     assert!(output.stdout.is_empty());

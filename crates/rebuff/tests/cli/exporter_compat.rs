@@ -7,12 +7,11 @@
 //! installs it with pip when it can).
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::daemon::{DEADLINE, Site, failed_login, wait_until};
-use super::tsdb::http_get;
+use super::tsdb::{free_port, http_get};
 
 const CONFIG: &str = r#"
 state_directory: {dir}/state
@@ -56,13 +55,6 @@ impl Drop for Exporter {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// Sample values of `family` by their `ip` label, from one exposition.

@@ -31,6 +31,15 @@ pub fn rebuff() -> Command {
     Command::cargo_bin("rebuff").expect("the rebuff binary is built")
 }
 
+/// `rebuff test-config -c PATH`, run to the end.
+pub fn test_config(path: impl AsRef<Path>) -> Output {
+    rebuff()
+        .args(["test-config", "-c"])
+        .arg(path.as_ref())
+        .output()
+        .expect("runs")
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -189,10 +189,7 @@ fn an_invalid_configuration_changes_nothing_and_says_why() {
 #[test]
 fn sighup_reloads_and_an_unchanged_stream_loses_no_line() {
     let site = Site::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = super::tsdb::free_port();
     let metrics = format!("metrics:\n  listen: 127.0.0.1:{port}");
     write_with_metrics(&site, "1h", "", TAIL, &metrics);
     let daemon = site.start();

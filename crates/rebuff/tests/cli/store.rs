@@ -3,7 +3,7 @@
 //! full or read-only.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::daemon::{DEADLINE, Daemon, Site, wait_until};
+use crate::tsdb::free_port;
 
 /// Starts `rebuff start` on the site's configuration, output to `out`.
 fn spawn(site: &Site, out: &str) -> Child {
@@ -211,11 +212,6 @@ fn metric(port: u16, name: &str) -> f64 {
     body.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
 }
 
 /// A small tmpfs mounted on `path` for the life of the value; `None`,

@@ -417,7 +417,7 @@ impl Drop for Server {
 }
 
 /// A loopback port nobody listened on a moment ago.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
