@@ -58,8 +58,8 @@
 //! - A failed commit is cut back to the last whole frame (`ftruncate`), so
 //!   no partial frame is ever followed by good ones; if even that fails,
 //!   the next commit cuts it before writing. The records stay buffered and
-//!   the commit is retried by later commits, [`FIRST_RETRY`] after the
-//!   failure, doubling up to [`MAX_RETRY`] (a retry costs one `write(2)`,
+//!   the commit is retried by later commits, `FIRST_RETRY` after the
+//!   failure, doubling up to `MAX_RETRY` (a retry costs one `write(2)`,
 //!   and every failure is logged by the tracker).
 //! - After a failed `fdatasync` the kernel may have dropped the unwritten
 //!   pages, so the end of the log is unknown: the log is *stale*, appends
@@ -67,7 +67,7 @@
 //!   makes it current again. A failed directory sync after a compaction's
 //!   rename does the same.
 //! - Records waiting for a retry are bounded by `buffer_limit`
-//!   ([`MIN_COMPACTION`]): a backlog that large would make the log due for
+//!   (`MIN_COMPACTION`): a backlog that large would make the log due for
 //!   a compaction as soon as it was appended, so it is dropped instead
 //!   (counted in [`Store::dropped_records`], logged), the log becomes
 //!   stale, and the compaction rewrites the same state smaller. Nothing the
