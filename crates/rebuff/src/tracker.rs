@@ -265,6 +265,11 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
     dropped
 }
 
+/// `first`, then what is already queued, up to a round's worth of messages.
+fn round<T>(first: T, queued: impl FnMut() -> Option<T>) -> impl Iterator<Item = T> {
+    std::iter::once(first).chain(std::iter::from_fn(queued).take(MAX_MESSAGES_PER_ROUND - 1))
+}
+
 /// When `action` of `trigger` is due.
 fn due(plan: &FilterPlan, trigger: &PendingTrigger, action: usize) -> Time {
     let after = plan.actions[action].after.unwrap_or(0);
@@ -680,21 +685,13 @@ impl Tracker {
             tokio::select! {
                 batch = inputs.matches.recv() => {
                     let Some(batch) = batch else { break };
-                    self.on_batch(batch);
-                    for _ in 1..MAX_MESSAGES_PER_ROUND {
-                        match inputs.matches.try_recv() {
-                            Ok(batch) => self.on_batch(batch),
-                            Err(_) => break,
-                        }
+                    for batch in round(batch, || inputs.matches.try_recv().ok()) {
+                        self.on_batch(batch);
                     }
                 }
                 Some(finished) = inputs.finished.recv() => {
-                    self.on_finished(finished);
-                    for _ in 1..MAX_MESSAGES_PER_ROUND {
-                        match inputs.finished.try_recv() {
-                            Ok(finished) => self.on_finished(finished),
-                            Err(_) => break,
-                        }
+                    for finished in round(finished, || inputs.finished.try_recv().ok()) {
+                        self.on_finished(finished);
                     }
                 }
                 Some(cmd) = inputs.reload.recv() => {
