@@ -242,3 +242,35 @@ fn sighup_reloads_and_an_unchanged_stream_loses_no_line() {
         "never restarted:\n{out}"
     );
 }
+
+#[test]
+fn a_reload_starts_again_a_stream_whose_process_had_exited() {
+    let site = Site::new();
+    let once = "['sh', '-c', 'echo started >> {dir}/runs.log']";
+    let config = BASE
+        .replace("{metrics}", "")
+        .replace("{after}", "1h")
+        .replace("{cmd}", TAIL)
+        .replace(
+            "{extra}",
+            &format!("  once:\n    cmd: {once}\n    filters:\n      f:\n        regex: ['never <ip>']\n        actions:\n          a:\n            cmd: ['true']\n"),
+        );
+    site.config(&config);
+    let daemon = site.start();
+    let runs = || {
+        std::fs::read_to_string(site.path("runs.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_until("the short stream ran", || runs() == 1);
+    wait_until("its exit logged", || {
+        daemon.output().contains("stream once exited")
+    });
+    let output = reload(&daemon);
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("restarted [\"once\"]"), "{said}");
+    wait_until("the short stream ran again", || runs() == 2);
+    daemon.stop();
+}
