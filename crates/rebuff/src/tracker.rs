@@ -13,7 +13,10 @@
 //! - the actions of one trigger run in their scheduled order: a delayed
 //!   action is handed over only once every earlier action of its trigger
 //!   has finished (the executor reports [`Finished`]), at restore too, so
-//!   an overdue unban never overtakes the ban re-applied before it;
+//!   an overdue unban never overtakes the ban re-applied before it; and a
+//!   new trigger of a value waits for what an older trigger of that value
+//!   still has in flight or waiting (a ban never overtakes the unban owed
+//!   to the address's previous jailing);
 //! - actions run at least once: a trigger leaves the store (its `Done`
 //!   record) only after its last action has *finished*; a crash before
 //!   that runs its actions again at restart;
@@ -78,6 +81,10 @@ struct PendingTrigger {
     held: Vec<usize>,
     /// Actions of this trigger handed to the executor and not finished.
     in_flight: u32,
+    /// Immediate actions waiting for an older trigger of the same value to
+    /// finish what it has in flight (a ban waits for the unban still
+    /// running from the previous jailing of that address).
+    blocked: Vec<usize>,
     /// Actions due up to this time were due when the state was restored:
     /// they are replays, which the exporter's families leave out.
     replay_until: Time,
@@ -92,6 +99,7 @@ impl PendingTrigger {
             armed: Vec::new(),
             held: Vec::new(),
             in_flight: 0,
+            blocked: Vec::new(),
             replay_until: 0,
         }
     }
@@ -249,6 +257,7 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
             for trigger in &mut triggers {
                 remap(&mut trigger.pending, true);
                 remap(&mut trigger.held, false);
+                remap(&mut trigger.blocked, false);
                 // An action that is no longer delayed is due now.
                 for action in trigger.pending.clone() {
                     if new.decider.plan().actions[action].after.is_none() {
@@ -268,6 +277,16 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
 /// `first`, then what is already queued, up to a round's worth of messages.
 fn round<T>(first: T, queued: impl FnMut() -> Option<T>) -> impl Iterator<Item = T> {
     std::iter::once(first).chain(std::iter::from_fn(queued).take(MAX_MESSAGES_PER_ROUND - 1))
+}
+
+/// Whether a trigger of `values` older than `id` still has actions in
+/// flight or waiting: a newer trigger's actions must not overtake them.
+fn older_busy(fs: &FilterState, values: &Values, id: u64) -> bool {
+    [&fs.jail, &fs.retiring]
+        .into_iter()
+        .filter_map(|map| map.get(values))
+        .flatten()
+        .any(|t| t.id < id && (t.in_flight > 0 || !t.held.is_empty() || !t.blocked.is_empty()))
 }
 
 /// When `action` of `trigger` is due.
@@ -513,15 +532,11 @@ impl Tracker {
         self.report.restored_triggers += 1;
         self.report.rerun_actions += rerun.len() as u64;
         self.report.scheduled_actions += (trigger.pending.len() - trigger.held.len()) as u64;
-        let owner = TriggerRef {
-            filter: fid,
-            trigger: trigger.id,
-            generation: self.generation,
-        };
-        for action in rerun {
-            trigger.in_flight += 1;
-            let job = job(fs, action, values, self.action_timeout, true, Some(owner));
-            schedule(&mut self.ready, job);
+        // Several triggers of one value (flushed, then jailed again): each
+        // waits for what the older one still has to run.
+        let blocked = older_busy(fs, values, trigger.id);
+        if blocked {
+            trigger.blocked = rerun.clone();
         }
         let (id, scheduled) = (trigger.id, trigger.pending.clone());
         for action in scheduled {
@@ -532,6 +547,9 @@ impl Tracker {
         }
         let fs = &mut self.filters[fid];
         fs.jail.entry(values.clone()).or_default().push(trigger);
+        if !blocked {
+            self.hand_over(fid, values, id, &rerun, true);
+        }
         self.settle(fid, values, id);
     }
 
@@ -600,7 +618,7 @@ impl Tracker {
         };
         let trigger = &mut list[index];
         let mut next = None;
-        if trigger.in_flight == 0 && !trigger.held.is_empty() {
+        if trigger.in_flight == 0 && trigger.blocked.is_empty() && !trigger.held.is_empty() {
             let action = trigger.held.remove(0);
             trigger.pending.retain(|&a| a != action);
             trigger.armed.retain(|&a| a != action);
@@ -609,8 +627,8 @@ impl Tracker {
             let replayed = trigger.time.saturating_add(after) <= trigger.replay_until;
             next = Some((action, replayed));
         }
-        let finished = trigger.in_flight == 0 && trigger.pending.is_empty();
-        let handed_over = trigger.pending.is_empty();
+        let handed_over = trigger.pending.is_empty() && trigger.blocked.is_empty();
+        let finished = trigger.in_flight == 0 && handed_over;
         if finished || (in_jail && handed_over) {
             let trigger = list.remove(index);
             if list.is_empty() {
@@ -658,6 +676,35 @@ impl Tracker {
         };
         trigger.in_flight = trigger.in_flight.saturating_sub(1);
         self.settle(fid, &values, owner.trigger);
+        self.unblock(fid, &values);
+    }
+
+    /// Hands over the blocked immediate actions of the triggers of `values`
+    /// whose older triggers have nothing in flight or waiting any more.
+    fn unblock(&mut self, fid: usize, values: &Values) {
+        let fs = &self.filters[fid];
+        let Some(list) = fs.jail.get(values) else {
+            return;
+        };
+        let ready: Vec<u64> = list
+            .iter()
+            .filter(|t| !t.blocked.is_empty() && !older_busy(fs, values, t.id))
+            .map(|t| t.id)
+            .collect();
+        for id in ready {
+            let fs = &mut self.filters[fid];
+            let Some(trigger) = fs
+                .jail
+                .get_mut(values)
+                .and_then(|list| list.iter_mut().find(|t| t.id == id))
+            else {
+                continue;
+            };
+            let actions = std::mem::take(&mut trigger.blocked);
+            let replayed = trigger.replay_until > 0;
+            self.hand_over(fid, values, id, &actions, replayed);
+            self.settle(fid, values, id);
+        }
     }
 
     /// Serves until every stream has ended (the match channel closed), then
@@ -995,7 +1042,18 @@ impl Tracker {
             // Its first action must not run before this is on disk.
             self.durable_needed = true;
             let id = self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed);
-            self.hand_over_immediate(fid, &trigger.values, id, &immediate);
+            let fs = &mut self.filters[fid];
+            if older_busy(fs, &trigger.values, id) {
+                if let Some(new) = fs
+                    .jail
+                    .get_mut(&trigger.values)
+                    .and_then(|list| list.iter_mut().find(|t| t.id == id))
+                {
+                    new.blocked = immediate;
+                }
+                return;
+            }
+            self.hand_over(fid, &trigger.values, id, &immediate, false);
             return;
         }
         // An extension only moves the pending actions later: losing it in a
@@ -1027,12 +1085,19 @@ impl Tracker {
         for action in unarmed {
             self.arm(fid, &trigger.values, id, trigger.time, action);
         }
-        self.hand_over_immediate(fid, &trigger.values, id, &immediate);
+        self.hand_over(fid, &trigger.values, id, &immediate, false);
     }
 
-    /// Hands over the immediate actions of a new trigger, which its delayed
-    /// actions then wait for.
-    fn hand_over_immediate(&mut self, fid: usize, values: &Values, id: u64, actions: &[usize]) {
+    /// Hands over immediate actions of a trigger, which its delayed actions
+    /// then wait for.
+    fn hand_over(
+        &mut self,
+        fid: usize,
+        values: &Values,
+        id: u64,
+        actions: &[usize],
+        replayed: bool,
+    ) {
         if actions.is_empty() {
             return;
         }
@@ -1043,7 +1108,14 @@ impl Tracker {
         };
         let fs = &mut self.filters[fid];
         for &action in actions {
-            let job = job(fs, action, values, self.action_timeout, false, Some(owner));
+            let job = job(
+                fs,
+                action,
+                values,
+                self.action_timeout,
+                replayed,
+                Some(owner),
+            );
             schedule(&mut self.ready, job);
         }
         if let Some(trigger) = fs
@@ -1991,6 +2063,36 @@ streams:
         tracker.fire_due_timers(T0 + 3 * HOUR);
         assert_eq!(take_ready(&mut tracker), vec!["unban 192.0.2.26"]);
         assert_eq!(take_ready(&mut tracker), vec!["note 192.0.2.26"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_ban_of_an_address_waits_for_the_unban_still_owed_to_its_last_jailing() {
+        let t0 = now_ms();
+        let fx = fixture(&[], t0);
+        let mut tracker = fx.tracker;
+        let ip = values("192.0.2.27");
+        tracker.on_match(0, ip.clone(), t0);
+        tracker.on_match(0, ip.clone(), t0);
+        let first_ban = take_running(&mut tracker);
+        assert_eq!(argvs(&first_ban), vec!["ban 192.0.2.27", "mail 192.0.2.27"]);
+        // Flushed while its ban still runs: the unban waits for the ban.
+        tracker.flush(&Selection::default()).expect("flush");
+        assert!(tracker.ready.is_empty());
+        // Jailed again meanwhile: the new ban must not run before that
+        // unban, or the unban would lift it.
+        tracker.on_match(0, ip.clone(), t0 + 1);
+        tracker.on_match(0, ip.clone(), t0 + 1);
+        assert!(tracker.ready.is_empty(), "the new ban waits");
+        finish(&mut tracker, first_ban);
+        let unban = take_running(&mut tracker);
+        assert_eq!(argvs(&unban), vec!["unban 192.0.2.27"]);
+        finish(&mut tracker, unban);
+        assert_eq!(
+            take_ready(&mut tracker),
+            vec!["ban 192.0.2.27", "mail 192.0.2.27"]
+        );
+        // The new jailing keeps its own pending unban.
+        assert!(tracker.show(&Selection::default()).expect("show")["ssh"]["failed"]["192.0.2.27"]["actions"]["unban"].is_array());
     }
 
     #[tokio::test(flavor = "multi_thread")]
