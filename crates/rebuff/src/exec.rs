@@ -374,6 +374,9 @@ pub struct ActionJob {
     /// to finish (jails: the next action of the trigger and the trigger's
     /// retirement from the store wait for this one).
     pub owner: Option<TriggerRef>,
+    /// A virtual action: the index of the stream its line (`argv[0]`) is
+    /// fed to. The tracker handles it; the executor never sees it.
+    pub send_to: Option<usize>,
 }
 
 impl ActionJob {
@@ -539,6 +542,7 @@ mod tests {
             replayed: false,
             metrics: Default::default(),
             owner: None,
+            send_to: None,
         }
     }
 

@@ -43,10 +43,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Action, Config};
 use crate::control::{ControlCmd, Request, Response, Selection};
-use crate::events::{Finished, MatchBatch, TriggerRef, format_time, now_ms};
+use crate::events::{ExitOutcome, Finished, Match, MatchBatch, TriggerRef, format_time, now_ms};
 use crate::exec::{ActionJob, Executor};
 use crate::log;
-use crate::metrics::{Ignored, Metrics, PendingCmd, PendingKey, PendingSnapshot};
+use crate::metrics::{ActionDone, Ignored, Metrics, PendingCmd, PendingKey, PendingSnapshot};
 use crate::store::{Record, Restored, Store};
 
 /// How many queued messages one round handles before it commits and
@@ -497,8 +497,11 @@ impl Tracker {
             let at = time.saturating_add(spec.after.unwrap_or(0));
             if spec.after.is_some() && at > now {
                 trigger.pending.push(action);
-            } else if spec.oneshot {
-                // Never run again at start, as in reaction.
+            } else if spec.oneshot || (spec.after.is_none() && fs.actions[action].send_to.is_some())
+            {
+                // Never run again at start, as in reaction. Nor is the line
+                // of a virtual action sent again: what it did (a match, a
+                // trigger) is restored with its own stream's state.
             } else if spec.after.is_some() {
                 trigger.pending.push(action);
                 hold(fs.decider.plan(), &mut trigger, action);
@@ -1184,9 +1187,83 @@ impl Tracker {
     }
 
     fn dispatch_ready(&mut self) {
-        for job in self.ready.drain(..) {
-            self.report.actions += 1;
-            self.executor.spawn(job);
+        self.dispatch_ready_at(now_ms());
+    }
+
+    /// Hands the ready actions to the executor, except virtual ones: their
+    /// line is fed here to their stream's filters, at `now`, and they
+    /// finish at once. A fed line can make triggers whose actions must not
+    /// run before they are committed, so the jobs it makes are handled in
+    /// a next round, after a commit; an acyclic configuration (checked at
+    /// load) ends the rounds.
+    fn dispatch_ready_at(&mut self, now: Time) {
+        while !self.ready.is_empty() {
+            let mut fed = false;
+            for job in std::mem::take(&mut self.ready) {
+                self.report.actions += 1;
+                let Some(to) = job.send_to else {
+                    self.executor.spawn(job);
+                    continue;
+                };
+                fed = true;
+                self.feed_virtual(&job, to, now);
+                job.metrics.action_done(&ActionDone {
+                    action_id: job.action_id,
+                    values: &job.values,
+                    outcome: &ExitOutcome {
+                        code: 0,
+                        signal: None,
+                        detail: None,
+                        timed_out: false,
+                    },
+                    elapsed: Duration::ZERO,
+                    replayed: job.replayed,
+                });
+                if let Some(owner) = job.owner {
+                    self.on_finished(Finished {
+                        owner,
+                        values: job.values,
+                    });
+                }
+            }
+            if fed {
+                self.commit_or_log();
+            }
+        }
+    }
+
+    /// Feeds a virtual action's line to virtual stream `to`'s filters, as
+    /// a stream thread would with a line it read.
+    fn feed_virtual(&mut self, job: &ActionJob, to: usize, now: Time) {
+        let (Some(line), Some(stream), Some(&offset)) = (
+            job.argv.first(),
+            self.config.streams.get(to),
+            self.stream_offsets.get(to),
+        ) else {
+            return;
+        };
+        let mut found = Vec::new();
+        let mut scratch = stream.matcher.scratch();
+        if !stream.matcher.find(line, &mut scratch, &mut found) {
+            return;
+        }
+        let mut accepted = Vec::with_capacity(found.len());
+        for m in found {
+            match m.outcome {
+                Ok(values) => accepted.push(Match {
+                    filter: m.filter,
+                    values,
+                    time: now,
+                }),
+                Err(ignored) => self.metrics.ignored(
+                    self.metrics.filter_id(to, m.filter),
+                    Ignored::Pattern(ignored.reason),
+                ),
+            }
+        }
+        self.metrics.matches(to, &accepted);
+        for m in accepted {
+            self.on_match(offset + m.filter, m.values, m.time);
         }
     }
 
@@ -1215,11 +1292,11 @@ impl Tracker {
         // A ban still queued must not run after its own onexit unban.
         self.executor.wait_idle().await;
         tracing::info!(actions = jobs.len(), "running onexit actions");
+        // Virtual ones are fed now, and what their lines trigger runs too.
         for job in jobs {
-            self.report.actions += 1;
-            log::action_started(&job.stream, &job.filter, &job.action, &job.argv);
-            self.executor.spawn(job);
+            schedule(&mut self.ready, job);
         }
+        self.dispatch_ready();
         self.executor.wait_idle().await;
     }
 
@@ -1578,6 +1655,7 @@ fn job(
         timeout: fs.actions[action]
             .timeout_ms
             .map_or(timeout, Duration::from_millis),
+        send_to: fs.actions[action].send_to,
     }
 }
 
