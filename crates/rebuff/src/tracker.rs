@@ -1812,6 +1812,68 @@ streams:
         }
     }
 
+    const RECIDIVE: &str = r#"
+patterns:
+  ip:
+    type: ip
+streams:
+  ssh:
+    cmd: ['true']
+    filters:
+      failed:
+        regex: ['fail <ip>']
+        actions:
+          tell:
+            type: virtual
+            options: {send: 'ban <ip>', to: recidive}
+  recidive:
+    type: virtual
+    filters:
+      again:
+        regex: ['^ban <ip>$']
+        retry: 2
+        retryperiod: 1d
+        actions:
+          long:
+            cmd: ['true']
+          unlong:
+            cmd: ['true']
+            after: 1d
+"#;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_virtual_line_is_matched_and_its_trigger_committed_before_its_actions_run() {
+        let now = now_ms();
+        let mut fx = fixture_with(RECIDIVE, &[], now);
+        let ip = values("192.0.2.30");
+        let tracker = &mut fx.tracker;
+        tracker.on_match(0, ip.clone(), now);
+        assert_eq!(argvs(&tracker.ready), ["ban 192.0.2.30"]);
+        tracker.dispatch_ready_at(now);
+        // Counted in the virtual stream's window, nothing more yet.
+        assert!(tracker.ready.is_empty());
+        assert_eq!(tracker.filters[1].decider.window().iter().count(), 1);
+        assert!(tracker.filters[1].jail.is_empty());
+        tracker.on_match(0, ip.clone(), now);
+        tracker.dispatch_ready_at(now);
+        assert!(tracker.ready.is_empty());
+        // The recidive trigger is jailed, its ban handed over after a
+        // commit (nothing is left buffered) and it waits for the ban.
+        let jailed = &tracker.filters[1].jail[&ip];
+        assert_eq!(jailed.len(), 1);
+        assert_eq!(jailed[0].pending, vec![1]);
+        assert!(!tracker.durable_needed);
+        assert_eq!(tracker.report.triggers, 3);
+        assert_eq!(tracker.report.actions, 3);
+        // A crash now: the trigger is back, its ban runs again, and no
+        // virtual line is sent again at start.
+        tracker.executor.wait_idle().await;
+        let mut fx = crash_and_restart(fx, now + 1);
+        assert_eq!(fx.tracker.report.restored_triggers, 1);
+        assert_eq!(take_ready(&mut fx.tracker), vec!["true"]);
+        assert_eq!(fx.tracker.filters[0].decider.window().iter().count(), 0);
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn restore_reruns_past_actions_but_oneshot_and_schedules_the_future() {
         let ip = values("192.0.2.1");

@@ -1,0 +1,156 @@
+//! Virtual streams end to end: a recidive jail fed by the bans of another
+//! stream, in the real daemon and in `rebuff replay`.
+
+use serde_json::Value;
+
+use super::daemon::{Site, failed_login, wait_until};
+use super::{rebuff, stderr, stdout, test_config};
+
+/// ssh bans at 2 failures for `{after}`, and tells `recidive` of each ban;
+/// recidive bans for a day at 3 bans in an hour.
+const RECIDIVE: &str = r#"
+state_directory: {dir}/state
+plugins:
+  virtual:
+    path: /usr/local/lib/reaction/reaction-plugin-virtual
+patterns:
+  ip:
+    type: ip
+streams:
+  ssh:
+    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
+    filters:
+      failed:
+        regex:
+          - 'Failed password for \S+ from <ip> port'
+        retry: 2
+        retryperiod: 10m
+        actions:
+          ban:
+            cmd: ['sh', '-c', 'echo "ban $1" >> {dir}/actions.log', 'sh', '<ip>']
+          unban:
+            cmd: ['sh', '-c', 'echo "unban $1" >> {dir}/actions.log', 'sh', '<ip>']
+            after: {after}
+          tell:
+            type: virtual
+            options:
+              send: 'ban <ip>'
+              to: recidive
+  recidive:
+    type: virtual
+    filters:
+      repeated:
+        regex: ['^ban <ip>$']
+        retry: 3
+        retryperiod: 1h
+        actions:
+          longban:
+            cmd: ['sh', '-c', 'echo "longban $1" >> {dir}/actions.log', 'sh', '<ip>']
+          longunban:
+            cmd: ['sh', '-c', 'echo "longunban $1" >> {dir}/actions.log', 'sh', '<ip>']
+            after: 1d
+"#;
+
+#[test]
+fn test_config_keeps_the_virtual_types_and_warns_once_about_plugins() {
+    let site = Site::new();
+    let config = site.config(&RECIDIVE.replace("{after}", "1s"));
+    let output = test_config(&config);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert_eq!(err.matches("WARN").count(), 1, "{err}");
+    assert!(
+        err.contains("plugins: ignored: virtual is built into rebuff"),
+        "{err}"
+    );
+    let out = stdout(&output);
+    assert!(out.contains("type: \"virtual\""), "{out}");
+    assert!(out.contains("to: \"recidive\""), "{out}");
+}
+
+#[test]
+fn three_short_bans_of_one_address_trigger_the_long_ban_once() {
+    let site = Site::new();
+    site.config(&RECIDIVE.replace("{after}", "1s"));
+    let daemon = site.start();
+    let ip = "198.51.100.33";
+    for cycle in 1..=3 {
+        site.log_lines(&[failed_login(ip), failed_login(ip)]);
+        wait_until("the short ban", || {
+            site.count_action(&format!("ban {ip}")) == cycle
+        });
+        wait_until("its unban", || {
+            site.count_action(&format!("unban {ip}")) == cycle
+        });
+        if cycle < 3 {
+            assert_eq!(site.count_action(&format!("longban {ip}")), 0);
+            let tree = daemon.show(&[]);
+            assert_eq!(tree["recidive"]["repeated"][ip]["matches"], cycle, "{tree}");
+        }
+    }
+    wait_until("the long ban", || {
+        site.count_action(&format!("longban {ip}")) == 1
+    });
+    let tree = daemon.show(&[]);
+    let entry = &tree["recidive"]["repeated"][ip];
+    assert_eq!(
+        entry["actions"]["longunban"].as_array().map(Vec::len),
+        Some(1),
+        "{tree}"
+    );
+    let output = daemon.stop();
+    assert_eq!(site.count_action(&format!("longban {ip}")), 1);
+    // One `run` line per virtual action, and one `match` line per line it
+    // sent.
+    assert_eq!(
+        output.matches("ssh.failed.tell: run").count(),
+        3,
+        "{output}"
+    );
+    assert_eq!(
+        output.matches("recidive.repeated: match").count(),
+        3,
+        "{output}"
+    );
+}
+
+#[test]
+fn replay_feeds_virtual_lines_in_log_time() {
+    let site = Site::new();
+    let config = site.config(&RECIDIVE.replace("{after}", "10m"));
+    // Three ssh bans 20 minutes apart (each after the last one's unban),
+    // then a fourth failure pair two hours later: out of the hour.
+    let mut log = String::new();
+    for time in ["10:00", "10:20", "10:40", "12:40"] {
+        for second in ["00", "05"] {
+            log.push_str(&format!(
+                "2026-03-01T{time}:{second}Z host sshd[42]: Failed password for root from 203.0.113.9 port 22 ssh2\n"
+            ));
+        }
+    }
+    let path = site.path("auth.log");
+    std::fs::write(&path, log).expect("write log");
+    let output = rebuff()
+        .args(["replay", "--format", "json", "-c"])
+        .arg(&config)
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let got: Value = serde_json::from_str(&stdout(&output)).expect("json");
+    let triggers = got["triggers"].as_array().expect("triggers");
+    let recidive: Vec<&Value> = triggers
+        .iter()
+        .filter(|t| t["stream"] == "recidive")
+        .collect();
+    assert_eq!(recidive.len(), 1, "{got}");
+    assert_eq!(recidive[0]["time"], "2026-03-01T10:40:05Z", "{got}");
+    assert_eq!(recidive[0]["values"]["ip"], "203.0.113.9");
+    assert_eq!(recidive[0]["actions"][0]["action"], "longban");
+    let ssh = triggers.iter().filter(|t| t["stream"] == "ssh").count();
+    assert_eq!(ssh, 4, "{got}");
+    assert_eq!(
+        got["summary"]["filters"]["recidive.repeated"]["matches"], 4,
+        "{got}"
+    );
+}
