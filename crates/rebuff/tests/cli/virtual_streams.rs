@@ -154,3 +154,34 @@ fn replay_feeds_virtual_lines_in_log_time() {
         "{got}"
     );
 }
+
+#[test]
+fn a_reload_keeps_the_virtual_stream_state_and_starts_nothing_for_it() {
+    let site = Site::new();
+    site.config(&RECIDIVE.replace("{after}", "1s"));
+    let daemon = site.start();
+    let ip = "198.51.100.34";
+    site.log_lines(&[failed_login(ip), failed_login(ip)]);
+    wait_until("the first cycle", || {
+        site.count_action(&format!("unban {ip}")) == 1
+    });
+    // Recidive at two bans now: the one already counted stays counted.
+    site.config(
+        &RECIDIVE
+            .replace("{after}", "1s")
+            .replace("retry: 3", "retry: 2"),
+    );
+    let output = daemon.client("reload", &[]);
+    assert!(output.status.success(), "{output:?}\n{}", daemon.output());
+    let said = stdout(&output);
+    assert!(said.contains("changed [\"recidive.repeated\"]"), "{said}");
+    assert!(
+        said.contains("streams added [], restarted [], removed []"),
+        "{said}"
+    );
+    site.log_lines(&[failed_login(ip), failed_login(ip)]);
+    wait_until("the long ban", || {
+        site.count_action(&format!("longban {ip}")) == 1
+    });
+    daemon.stop();
+}
