@@ -27,6 +27,11 @@
 //! - each `match` line and the `run` lines of the actions it causes are
 //!   logged here, in decision order, so reaction-metrics-exporter (which
 //!   labels a `run` line with its filter's latest `match`) is never misled.
+//! - a virtual action never reaches the executor: when it is dispatched,
+//!   its line goes through its virtual stream's matcher here and each match
+//!   to that stream's filters, and it finishes at once; the triggers those
+//!   matches make are committed before their own actions are handed over
+//!   (dispatch goes round by round, with a commit between rounds).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
