@@ -159,8 +159,10 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
 
     let mut streams = Vec::new();
     for (index, stream) in config.streams.iter().enumerate() {
-        // A virtual stream has no child: the tracker feeds it.
+        // A virtual stream has no child: the tracker feeds it, and it is
+        // up as long as the daemon is.
         if stream.is_virtual {
+            metrics.stream_running(index);
             continue;
         }
         streams.push(stream::spawn(StreamDeps {
@@ -488,6 +490,7 @@ impl Reloader {
             if stream.is_virtual {
                 // No child to keep or start; one that ran a command before
                 // is stopped.
+                metrics.stream_running(index);
                 if let Some(running) = previous {
                     restarted.push(stream.name.clone());
                     stopping.push(running);

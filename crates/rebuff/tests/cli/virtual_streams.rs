@@ -1,6 +1,9 @@
 //! Virtual streams end to end: a recidive jail fed by the bans of another
 //! stream, in the real daemon and in `rebuff replay`.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+
 use serde_json::Value;
 
 use super::daemon::{Site, failed_login, wait_until};
@@ -68,10 +71,28 @@ fn test_config_keeps_the_virtual_types_and_warns_once_about_plugins() {
     assert!(out.contains("to: \"recidive\""), "{out}");
 }
 
+/// `GET /metrics` on `port`: the body.
+fn scrape(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read the answer");
+    answer
+}
+
 #[test]
 fn three_short_bans_of_one_address_trigger_the_long_ban_once() {
     let site = Site::new();
-    site.config(&RECIDIVE.replace("{after}", "1s"));
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    site.config(&format!(
+        "{}metrics:\n  listen: 127.0.0.1:{port}\n",
+        RECIDIVE.replace("{after}", "1s")
+    ));
     let daemon = site.start();
     let ip = "198.51.100.33";
     for cycle in 1..=3 {
@@ -98,6 +119,17 @@ fn three_short_bans_of_one_address_trigger_the_long_ban_once() {
         Some(1),
         "{tree}"
     );
+    // Up (it has nothing that can stop), its matches counted, the virtual
+    // actions counted as actions that went well.
+    let metrics = scrape(port);
+    for expected in [
+        r#"rebuff_stream_up{stream="recidive"} 1"#,
+        r#"rebuff_matches_total{stream="recidive",filter="repeated"} 3"#,
+        r#"rebuff_triggers_total{stream="recidive",filter="repeated"} 1"#,
+        r#"rebuff_actions_total{stream="ssh",filter="failed",action="tell",result="ok"} 3"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
+    }
     let output = daemon.stop();
     assert_eq!(site.count_action(&format!("longban {ip}")), 1);
     // One `run` line per virtual action, and one `match` line per line it
