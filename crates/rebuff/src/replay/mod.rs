@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use foldhash::fast::RandomState;
 use rebuff_engine::{
     Decision, DuplicatePolicy, FilterDecider, FilterPlan, IgnoreReason, LineMatch, MatchScratch,
-    StreamMatcher, Trigger, TriggerKind, line_text,
+    StreamMatcher, Trigger, TriggerKind, Values, line_text,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -132,6 +132,7 @@ pub fn run(config: &Config, options: &ReplayOptions, out: &mut dyn Write) -> any
         run_of_stream,
         virtual_lines: BinaryHeap::new(),
         next_virtual: 0,
+        extended: HashMap::default(),
         runs: streams
             .into_iter()
             .map(|stream| StreamRun {
@@ -189,7 +190,13 @@ struct VirtualLine {
     seq: u64,
     run: usize,
     line: String,
+    /// For a delayed action: its trigger (run, filter, values), the time
+    /// it was scheduled from and its delay, so an extension moves it.
+    delayed: Option<(Extended, u64, u64)>,
 }
+
+/// A trigger by run, filter and values.
+type Extended = (usize, usize, Values);
 
 struct Replay<'c> {
     /// The streams that read lines, then the virtual ones.
@@ -201,6 +208,9 @@ struct Replay<'c> {
     /// Lines of virtual actions not fed yet, earliest first.
     virtual_lines: BinaryHeap<Reverse<VirtualLine>>,
     next_virtual: u64,
+    /// The latest extension of triggers with delayed virtual actions: as
+    /// in the daemon, those are sent at the extended time plus `after`.
+    extended: HashMap<Extended, u64, RandomState>,
     totals: Totals,
     /// Keyed by "stream.filter\0values".
     offenders: HashMap<String, Offender, RandomState>,
@@ -378,9 +388,19 @@ impl<'c> Replay<'c> {
             .peek()
             .is_some_and(|Reverse(v)| v.at <= until)
         {
-            let Some(Reverse(sent)) = self.virtual_lines.pop() else {
+            let Some(Reverse(mut sent)) = self.virtual_lines.pop() else {
                 break;
             };
+            if let Some((key, from, after)) = &mut sent.delayed
+                && let Some(&latest) = self.extended.get(key)
+                && latest > *from
+            {
+                // Extended since: sent later.
+                *from = latest;
+                sent.at = latest.saturating_add(*after);
+                self.virtual_lines.push(Reverse(sent));
+                continue;
+            }
             let run = &mut self.runs[sent.run];
             found.clear();
             if run
@@ -475,6 +495,17 @@ impl<'c> Replay<'c> {
         // printed (a persistent attacker would otherwise print one record per
         // line).
         if trigger.kind == TriggerKind::Extend {
+            let filter = &self.runs[run_index].stream.filters[m.filter];
+            if filter
+                .plan
+                .actions
+                .iter()
+                .zip(&filter.actions)
+                .any(|(spec, action)| spec.after.is_some() && action.send_to.is_some())
+            {
+                self.extended
+                    .insert((run_index, m.filter, trigger.values.clone()), trigger.time);
+            }
             return Ok(());
         }
         bump(
@@ -489,12 +520,17 @@ impl<'c> Replay<'c> {
             let Some(run) = action.send_to.and_then(|to| self.run_of_stream[to]) else {
                 continue;
             };
+            let after = filter.plan.actions[scheduled.action].after;
             self.next_virtual += 1;
             self.virtual_lines.push(Reverse(VirtualLine {
                 at: scheduled.at,
                 seq: self.next_virtual,
                 run,
                 line: action.render(&trigger.values).concat(),
+                delayed: after.map(|after| {
+                    let key = (run_index, m.filter, trigger.values.clone());
+                    (key, trigger.time, after)
+                }),
             }));
         }
         self.write_trigger(run_index, m.filter, &trigger, out)

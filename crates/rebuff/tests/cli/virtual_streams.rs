@@ -217,3 +217,67 @@ fn a_reload_keeps_the_virtual_stream_state_and_starts_nothing_for_it() {
     });
     daemon.stop();
 }
+
+#[test]
+fn replay_sends_a_delayed_virtual_line_at_its_extended_time() {
+    let site = Site::new();
+    let config = site.config(
+        r#"
+patterns:
+  ip:
+    type: ip
+streams:
+  ssh:
+    cmd: ['cat']
+    filters:
+      failed:
+        regex: ['Failed password for \S+ from <ip> port']
+        retry: 2
+        retryperiod: 10m
+        actions:
+          ban:
+            cmd: ['ban', '<ip>']
+          expired:
+            type: virtual
+            after: 10m
+            options: {send: 'expired <ip>', to: expiry}
+  expiry:
+    type: virtual
+    filters:
+      seen:
+        regex: ['^expired <ip>$']
+        actions:
+          note:
+            cmd: ['note', '<ip>']
+"#,
+    );
+    let line = |time: &str| {
+        format!(
+            "2026-03-01T{time}Z host sshd[42]: Failed password for root from 192.0.2.40 port 22 ssh2\n"
+        )
+    };
+    // Jailed at 10:00:05; the duplicate at 10:05 extends the jail, so the
+    // line goes at 10:15, once.
+    let log: String = ["10:00:00", "10:00:05", "10:05:00", "10:40:00"]
+        .iter()
+        .map(|t| line(t))
+        .collect();
+    let path = site.path("auth.log");
+    std::fs::write(&path, log).expect("write log");
+    let output = rebuff()
+        .args(["replay", "--format", "json", "-c"])
+        .arg(&config)
+        .arg(&path)
+        .output()
+        .expect("runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let got: Value = serde_json::from_str(&stdout(&output)).expect("json");
+    let times: Vec<&str> = got["triggers"]
+        .as_array()
+        .expect("triggers")
+        .iter()
+        .filter(|t| t["stream"] == "expiry")
+        .filter_map(|t| t["time"].as_str())
+        .collect();
+    assert_eq!(times, ["2026-03-01T10:15:00Z"], "{got}");
+}
