@@ -374,9 +374,10 @@ pub struct ActionJob {
     /// to finish (jails: the next action of the trigger and the trigger's
     /// retirement from the store wait for this one).
     pub owner: Option<TriggerRef>,
-    /// A virtual action: the index of the stream its line (`argv[0]`) is
-    /// fed to. The tracker handles it; the executor never sees it.
-    pub send_to: Option<usize>,
+    /// A virtual action: the name of the stream its line (`argv[0]`) is
+    /// fed to (by name: a reload may move it). The tracker handles it; the
+    /// executor never sees it.
+    pub send_to: Option<Arc<str>>,
 }
 
 impl ActionJob {

@@ -125,6 +125,8 @@ struct FilterState {
     pattern_names: Vec<String>,
     actions: Vec<Action>,
     action_names: Vec<Arc<str>>,
+    /// For each virtual action, the name of the stream it sends to.
+    send_to: Vec<Option<Arc<str>>>,
     decider: FilterDecider,
     /// Triggers with delayed actions not yet handed over.
     jail: TriggerMap,
@@ -197,6 +199,14 @@ fn build_filters(config: &Config, metrics: &Arc<Metrics>) -> (Vec<FilterState>, 
                     .actions
                     .iter()
                     .map(|a| a.name.as_str().into())
+                    .collect(),
+                send_to: filter
+                    .actions
+                    .iter()
+                    .map(|a| {
+                        let to = config.streams.get(a.send_to?)?;
+                        Some(to.name.as_str().into())
+                    })
                     .collect(),
                 persist_matches: plan.retry > 1,
                 persist_triggers: plan.longest_delay().is_some(),
@@ -1206,7 +1216,7 @@ impl Tracker {
             let mut fed = false;
             for job in std::mem::take(&mut self.ready) {
                 self.report.actions += 1;
-                let Some(to) = job.send_to else {
+                let Some(to) = &job.send_to else {
                     self.executor.spawn(job);
                     continue;
                 };
@@ -1238,13 +1248,24 @@ impl Tracker {
     }
 
     /// Feeds a virtual action's line to virtual stream `to`'s filters, as
-    /// a stream thread would with a line it read.
-    fn feed_virtual(&mut self, job: &ActionJob, to: usize, now: Time) {
-        let (Some(line), Some(stream), Some(&offset)) = (
-            job.argv.first(),
-            self.config.streams.get(to),
-            self.stream_offsets.get(to),
-        ) else {
+    /// a stream thread would with a line it read. A job made before a
+    /// reload whose stream is gone, or no longer virtual, sends nothing.
+    fn feed_virtual(&mut self, job: &ActionJob, to: &str, now: Time) {
+        let config = self.config.clone();
+        let Some((to, stream)) = config
+            .streams
+            .iter()
+            .enumerate()
+            .find(|(_, s)| *s.name == *to && s.is_virtual)
+        else {
+            tracing::warn!(
+                stream = %to,
+                action = %format!("{}.{}.{}", job.stream, job.filter, job.action),
+                "a virtual action's stream is no longer configured as virtual; its line is dropped"
+            );
+            return;
+        };
+        let (Some(line), Some(&offset)) = (job.argv.first(), self.stream_offsets.get(to)) else {
             return;
         };
         let mut found = Vec::new();
@@ -1660,7 +1681,7 @@ fn job(
         timeout: fs.actions[action]
             .timeout_ms
             .map_or(timeout, Duration::from_millis),
-        send_to: fs.actions[action].send_to,
+        send_to: fs.send_to[action].clone(),
     }
 }
 
@@ -1877,6 +1898,31 @@ streams:
         assert_eq!(fx.tracker.report.restored_triggers, 1);
         assert_eq!(take_ready(&mut fx.tracker), vec!["true"]);
         assert_eq!(fx.tracker.filters[0].decider.window().iter().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_virtual_line_made_before_a_reload_goes_to_its_stream_by_name() {
+        let now = now_ms();
+        let mut fx = fixture_with(RECIDIVE, &[], now);
+        let ip = values("192.0.2.31");
+        fx.tracker.on_match(0, ip.clone(), now);
+        assert_eq!(argvs(&fx.tracker.ready), ["ban 192.0.2.31"]);
+        // A virtual stream that would take the line too now comes first.
+        let other = "  other:\n    type: virtual\n    filters:\n      seen:\n        regex: ['^ban <ip>$']\n        actions:\n          note:\n            cmd: ['true']\n";
+        let text = RECIDIVE.replace("  recidive:\n", &format!("{other}  recidive:\n"));
+        let path = fx.dir.path().join("reloaded.yml");
+        std::fs::write(&path, text).expect("write config");
+        let config = Arc::new(crate::config::load(&path).expect("valid"));
+        assert_eq!(config.streams[1].name, "other");
+        let metrics = Arc::new(Metrics::new(&config));
+        let tracker = &mut fx.tracker;
+        tracker.reload(config, metrics, 1, now);
+        tracker.dispatch_ready_at(now);
+        let recidive = tracker.filter_index("recidive", "again").expect("recidive");
+        let other = tracker.filter_index("other", "seen").expect("other");
+        assert_eq!(tracker.filters[recidive].decider.window().iter().count(), 1);
+        assert_eq!(tracker.report.triggers, 1, "only ssh triggered");
+        assert!(tracker.filters[other].decider.window().iter().count() == 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]
