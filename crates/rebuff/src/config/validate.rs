@@ -989,6 +989,16 @@ impl Checker {
                 streams.push(stream);
             }
         }
+        for (index, (key, _)) in defs.iter().enumerate() {
+            let is_virtual = self.stream_kinds.get(index).is_some_and(|(_, v)| *v);
+            if is_virtual && !self.virtual_edges.iter().any(|e| e.to == index) {
+                self.warn(
+                    &key.loc,
+                    &join("streams", &key.name),
+                    "no virtual action sends to this virtual stream: its filters never see a line",
+                );
+            }
+        }
         self.virtual_cycles();
         streams
     }
@@ -1954,6 +1964,19 @@ mod tests {
             "{err}"
         );
         load_yaml(&recidive(TELL, &format!("    options: {{}}\n{RECIDIVE}"))).expect("valid");
+    }
+
+    #[test]
+    fn a_virtual_stream_nothing_sends_to_warns() {
+        let plain = "            cmd: [tell, '<ip>']\n";
+        let found = warnings(&recidive(plain, RECIDIVE));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains(
+                "c.yml:15:3: streams.recidive: no virtual action sends to this virtual stream"
+            ),
+            "{found:?}"
+        );
     }
 
     #[test]
