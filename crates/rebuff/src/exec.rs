@@ -374,6 +374,10 @@ pub struct ActionJob {
     /// to finish (jails: the next action of the trigger and the trigger's
     /// retirement from the store wait for this one).
     pub owner: Option<TriggerRef>,
+    /// A virtual action: the name of the stream its line (`argv[0]`) is
+    /// fed to (by name: a reload may move it). The tracker handles it; the
+    /// executor never sees it.
+    pub send_to: Option<Arc<str>>,
 }
 
 impl ActionJob {
@@ -539,6 +543,7 @@ mod tests {
             replayed: false,
             metrics: Default::default(),
             owner: None,
+            send_to: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Stream tasks: one child process per stream, its output matched where it
-//! is read.
+//! is read. A virtual stream has none: the tracker feeds it the lines of
+//! virtual actions.
 //!
 //! A stream's command runs as argv (never a shell) in its own process
 //! group, stdin closed, stdout and stderr on one pipe so that its lines

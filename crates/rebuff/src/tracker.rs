@@ -30,6 +30,11 @@
 //! - each `match` line and the `run` lines of the actions it causes are
 //!   logged here, in decision order, so reaction-metrics-exporter (which
 //!   labels a `run` line with its filter's latest `match`) is never misled.
+//! - a virtual action never reaches the executor: when it is dispatched,
+//!   its line goes through its virtual stream's matcher here and each match
+//!   to that stream's filters, and it finishes at once; the triggers those
+//!   matches make are committed before their own actions are handed over
+//!   (dispatch goes round by round, with a commit between rounds).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -46,10 +51,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Action, Config};
 use crate::control::{ControlCmd, Request, Response, Selection};
-use crate::events::{Finished, MatchBatch, TriggerRef, format_time, now_ms};
+use crate::events::{ExitOutcome, Finished, Match, MatchBatch, TriggerRef, format_time, now_ms};
 use crate::exec::{ActionJob, Executor};
 use crate::log;
-use crate::metrics::{Ignored, Metrics, PendingCmd, PendingKey, PendingSnapshot};
+use crate::metrics::{ActionDone, Ignored, Metrics, PendingCmd, PendingKey, PendingSnapshot};
 use crate::store::{Record, Restored, Store};
 
 /// How many queued messages one round handles before it commits and
@@ -128,6 +133,8 @@ struct FilterState {
     pattern_names: Vec<String>,
     actions: Vec<Action>,
     action_names: Vec<Arc<str>>,
+    /// For each virtual action, the name of the stream it sends to.
+    send_to: Vec<Option<Arc<str>>>,
     decider: FilterDecider,
     /// Triggers with delayed actions not yet handed over.
     jail: TriggerMap,
@@ -200,6 +207,14 @@ fn build_filters(config: &Config, metrics: &Arc<Metrics>) -> (Vec<FilterState>, 
                     .actions
                     .iter()
                     .map(|a| a.name.as_str().into())
+                    .collect(),
+                send_to: filter
+                    .actions
+                    .iter()
+                    .map(|a| {
+                        let to = config.streams.get(a.send_to?)?;
+                        Some(to.name.as_str().into())
+                    })
                     .collect(),
                 persist_matches: plan.retry > 1,
                 persist_triggers: plan.longest_delay().is_some(),
@@ -516,8 +531,11 @@ impl Tracker {
             let at = time.saturating_add(spec.after.unwrap_or(0));
             if spec.after.is_some() && at > now {
                 trigger.pending.push(action);
-            } else if spec.oneshot {
-                // Never run again at start, as in reaction.
+            } else if spec.oneshot || (spec.after.is_none() && fs.actions[action].send_to.is_some())
+            {
+                // Never run again at start, as in reaction. Nor is the line
+                // of a virtual action sent again: what it did (a match, a
+                // trigger) is restored with its own stream's state.
             } else if spec.after.is_some() {
                 trigger.pending.push(action);
                 hold(fs.decider.plan(), &mut trigger, action);
@@ -1256,9 +1274,94 @@ impl Tracker {
     }
 
     fn dispatch_ready(&mut self) {
-        for job in self.ready.drain(..) {
-            self.report.actions += 1;
-            self.executor.spawn(job);
+        self.dispatch_ready_at(now_ms());
+    }
+
+    /// Hands the ready actions to the executor, except virtual ones: their
+    /// line is fed here to their stream's filters, at `now`, and they
+    /// finish at once. A fed line can make triggers whose actions must not
+    /// run before they are committed, so the jobs it makes are handled in
+    /// a next round, after a commit; an acyclic configuration (checked at
+    /// load) ends the rounds.
+    fn dispatch_ready_at(&mut self, now: Time) {
+        while !self.ready.is_empty() {
+            let mut fed = false;
+            for job in std::mem::take(&mut self.ready) {
+                self.report.actions += 1;
+                let Some(to) = &job.send_to else {
+                    self.executor.spawn(job);
+                    continue;
+                };
+                fed = true;
+                self.feed_virtual(&job, to, now);
+                job.metrics.action_done(&ActionDone {
+                    action_id: job.action_id,
+                    values: &job.values,
+                    outcome: &ExitOutcome {
+                        code: 0,
+                        signal: None,
+                        detail: None,
+                        timed_out: false,
+                    },
+                    elapsed: Duration::ZERO,
+                    replayed: job.replayed,
+                });
+                if let Some(owner) = job.owner {
+                    self.on_finished(Finished {
+                        owner,
+                        values: job.values,
+                    });
+                }
+            }
+            if fed {
+                self.commit_or_log();
+            }
+        }
+    }
+
+    /// Feeds a virtual action's line to virtual stream `to`'s filters, as
+    /// a stream thread would with a line it read. A job made before a
+    /// reload whose stream is gone, or no longer virtual, sends nothing.
+    fn feed_virtual(&mut self, job: &ActionJob, to: &str, now: Time) {
+        let config = self.config.clone();
+        let Some((to, stream)) = config
+            .streams
+            .iter()
+            .enumerate()
+            .find(|(_, s)| *s.name == *to && s.is_virtual)
+        else {
+            tracing::warn!(
+                stream = %to,
+                action = %format!("{}.{}.{}", job.stream, job.filter, job.action),
+                "a virtual action's stream is no longer configured as virtual; its line is dropped"
+            );
+            return;
+        };
+        let (Some(line), Some(&offset)) = (job.argv.first(), self.stream_offsets.get(to)) else {
+            return;
+        };
+        let mut found = Vec::new();
+        let mut scratch = stream.matcher.scratch();
+        if !stream.matcher.find(line, &mut scratch, &mut found) {
+            return;
+        }
+        let mut accepted = Vec::with_capacity(found.len());
+        for m in found {
+            match m.outcome {
+                Ok(values) => accepted.push(Match {
+                    filter: m.filter,
+                    values,
+                    time: now,
+                }),
+                Err(ignored) => self.metrics.ignored(
+                    self.metrics.filter_id(to, m.filter),
+                    Ignored::Pattern(ignored.reason),
+                ),
+            }
+        }
+        self.metrics.matches(to, &accepted);
+        for m in accepted {
+            self.on_match(offset + m.filter, m.values, m.time);
         }
     }
 
@@ -1287,11 +1390,11 @@ impl Tracker {
         // A ban still queued must not run after its own onexit unban.
         self.executor.wait_idle().await;
         tracing::info!(actions = jobs.len(), "running onexit actions");
+        // Virtual ones are fed now, and what their lines trigger runs too.
         for job in jobs {
-            self.report.actions += 1;
-            log::action_started(&job.stream, &job.filter, &job.action, &job.argv);
-            self.executor.spawn(job);
+            schedule(&mut self.ready, job);
         }
+        self.dispatch_ready();
         self.executor.wait_idle().await;
     }
 
@@ -1650,6 +1753,7 @@ fn job(
         timeout: fs.actions[action]
             .timeout_ms
             .map_or(timeout, Duration::from_millis),
+        send_to: fs.send_to[action].clone(),
     }
 }
 
@@ -1804,6 +1908,93 @@ streams:
             time,
             replace: false,
         }
+    }
+
+    const RECIDIVE: &str = r#"
+patterns:
+  ip:
+    type: ip
+streams:
+  ssh:
+    cmd: ['true']
+    filters:
+      failed:
+        regex: ['fail <ip>']
+        actions:
+          tell:
+            type: virtual
+            options: {send: 'ban <ip>', to: recidive}
+  recidive:
+    type: virtual
+    filters:
+      again:
+        regex: ['^ban <ip>$']
+        retry: 2
+        retryperiod: 1d
+        actions:
+          long:
+            cmd: ['true']
+          unlong:
+            cmd: ['true']
+            after: 1d
+"#;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_virtual_line_is_matched_and_its_trigger_committed_before_its_actions_run() {
+        let now = now_ms();
+        let mut fx = fixture_with(RECIDIVE, &[], now);
+        let ip = values("192.0.2.30");
+        let tracker = &mut fx.tracker;
+        tracker.on_match(0, ip.clone(), now);
+        assert_eq!(argvs(&tracker.ready), ["ban 192.0.2.30"]);
+        tracker.dispatch_ready_at(now);
+        // Counted in the virtual stream's window, nothing more yet.
+        assert!(tracker.ready.is_empty());
+        assert_eq!(tracker.filters[1].decider.window().iter().count(), 1);
+        assert!(tracker.filters[1].jail.is_empty());
+        tracker.on_match(0, ip.clone(), now);
+        tracker.dispatch_ready_at(now);
+        assert!(tracker.ready.is_empty());
+        // The recidive trigger is jailed, its ban handed over after a
+        // commit (nothing is left buffered) and it waits for the ban.
+        let jailed = &tracker.filters[1].jail[&ip];
+        assert_eq!(jailed.len(), 1);
+        assert_eq!(jailed[0].pending, vec![1]);
+        assert!(!tracker.durable_needed);
+        assert_eq!(tracker.report.triggers, 3);
+        assert_eq!(tracker.report.actions, 3);
+        // A crash now: the trigger is back, its ban runs again, and no
+        // virtual line is sent again at start.
+        tracker.executor.wait_idle().await;
+        let mut fx = crash_and_restart(fx, now + 1);
+        assert_eq!(fx.tracker.report.restored_triggers, 1);
+        assert_eq!(take_ready(&mut fx.tracker), vec!["true"]);
+        assert_eq!(fx.tracker.filters[0].decider.window().iter().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_virtual_line_made_before_a_reload_goes_to_its_stream_by_name() {
+        let now = now_ms();
+        let mut fx = fixture_with(RECIDIVE, &[], now);
+        let ip = values("192.0.2.31");
+        fx.tracker.on_match(0, ip.clone(), now);
+        assert_eq!(argvs(&fx.tracker.ready), ["ban 192.0.2.31"]);
+        // A virtual stream that would take the line too now comes first.
+        let other = "  other:\n    type: virtual\n    filters:\n      seen:\n        regex: ['^ban <ip>$']\n        actions:\n          note:\n            cmd: ['true']\n";
+        let text = RECIDIVE.replace("  recidive:\n", &format!("{other}  recidive:\n"));
+        let path = fx.dir.path().join("reloaded.yml");
+        std::fs::write(&path, text).expect("write config");
+        let config = Arc::new(crate::config::load(&path).expect("valid"));
+        assert_eq!(config.streams[1].name, "other");
+        let metrics = Arc::new(Metrics::new(&config));
+        let tracker = &mut fx.tracker;
+        tracker.reload(config, metrics, 1, now);
+        tracker.dispatch_ready_at(now);
+        let recidive = tracker.filter_index("recidive", "again").expect("recidive");
+        let other = tracker.filter_index("other", "seen").expect("other");
+        assert_eq!(tracker.filters[recidive].decider.window().iter().count(), 1);
+        assert_eq!(tracker.report.triggers, 1, "only ssh triggered");
+        assert!(tracker.filters[other].decider.window().iter().count() == 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]

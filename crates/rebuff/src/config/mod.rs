@@ -170,7 +170,11 @@ impl FamilySwitch {
 #[derive(Debug)]
 pub struct Stream {
     pub name: String,
+    /// Empty for a virtual stream.
     pub cmd: Vec<String>,
+    /// `type: virtual`: no command; its lines are what virtual actions
+    /// send it.
+    pub is_virtual: bool,
     pub matcher: StreamMatcher,
     /// In the matcher's filter order.
     pub filters: Vec<Filter>,
@@ -191,7 +195,11 @@ pub struct Filter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
     pub name: String,
+    /// For a virtual action, one element: the line it sends.
     pub cmd: Vec<ArgTemplate>,
+    /// `type: virtual`: the index in [`Config::streams`] of the virtual
+    /// stream its line is fed to (it runs no command).
+    pub send_to: Option<usize>,
     /// rebuff's `timeout` key: how long the action may run before its
     /// process group is killed; `None` means the default.
     pub timeout_ms: Option<u64>,

@@ -66,6 +66,13 @@ const ACTION_KEYS: &[&str] = &[
     "cmd", "after", "onexit", "oneshot", "ipv4only", "ipv6only", "timeout", "type", "options",
 ];
 const PLUGIN_KEYS: &[&str] = &["path", "check_root", "systemd", "systemd_options"];
+/// reaction's plugins whose types rebuff builds in (the nftables and ipset
+/// action types are not built in yet: using them is an error).
+const BUILT_IN_PLUGINS: &[&str] = &["nftables", "ipset", "virtual"];
+/// Action types reaction gets from plugins that rebuff does not build in
+/// yet.
+const NOT_YET_ACTION_TYPES: &[&str] = &["nftables", "ipset"];
+const VIRTUAL_OPTION_KEYS: &[&str] = &["send", "to"];
 
 /// Default and minimum of `state_rotation_interval`, as in reaction.
 const ROTATION_DEFAULT_MS: u64 = 24 * 3_600_000;
@@ -156,6 +163,23 @@ struct Checker {
     regex_deadline: Option<Instant>,
     regexes_compiled: usize,
     out_of_regex_time: bool,
+    /// Every stream name in configuration order, and whether it is
+    /// virtual (read before the streams are checked, so an action can name
+    /// any of them).
+    stream_kinds: Vec<(String, bool)>,
+    /// The stream being checked.
+    current_stream: String,
+    /// Which stream sends lines to which virtual stream, with where it
+    /// says so, for the cycle check.
+    virtual_edges: Vec<VirtualEdge>,
+}
+
+/// A virtual action of stream `from` sends its lines to stream `to`.
+struct VirtualEdge {
+    from: usize,
+    to: usize,
+    loc: Loc,
+    path: String,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -816,21 +840,34 @@ impl Checker {
         u8::try_from(value).ok()
     }
 
+    /// The `plugins` section. reaction's plugins that rebuff builds in are
+    /// accepted, their settings ignored (one warning for the section);
+    /// any other plugin is an error: rebuff runs no plugin binary.
     fn plugins(&mut self, node: &Node) {
         let Some(defs) = self.map(node, "plugins", "a map of plugin names to plugins") else {
             return;
         };
+        let mut built_in = Vec::new();
         for (key, def) in defs {
             let path = join("plugins", &key.name);
+            if !BUILT_IN_PLUGINS.contains(&key.name.as_str()) {
+                self.error(
+                    &key.loc,
+                    &path,
+                    format!(
+                        "plugin '{}' is not built into rebuff, and rebuff does not run reaction plugins (built in: {})",
+                        key.name,
+                        BUILT_IN_PLUGINS.join(", ")
+                    ),
+                );
+                continue;
+            }
             let Some(entries) = self.map(def, &path, "a plugin (a map with 'path')") else {
                 continue;
             };
             self.known_keys(entries, &path, PLUGIN_KEYS);
-            match get(entries, "path") {
-                Some(n) => {
-                    self.string(n, &join(&path, "path"));
-                }
-                None => self.error(&key.loc, &path, "a plugin needs a 'path'"),
+            if let Some(n) = get(entries, "path") {
+                self.string(n, &join(&path, "path"));
             }
             for flag in ["check_root", "systemd"] {
                 if let Some(n) = get(entries, flag) {
@@ -847,46 +884,75 @@ impl Checker {
                     }
                 }
             }
+            built_in.push(key.name.as_str());
+        }
+        if let (Some((first, _)), false) = (defs.first(), built_in.is_empty()) {
+            self.warn(
+                &first.loc,
+                "plugins",
+                format!(
+                    "ignored: {} {} built into rebuff, so no plugin binary runs and its path, check_root, systemd and systemd_options do not apply",
+                    built_in.join(", "),
+                    if built_in.len() == 1 { "is" } else { "are" }
+                ),
+            );
         }
     }
 
-    fn plugin_type(&mut self, entries: &Entries, path: &str, default: &str, what: &str) -> bool {
-        let Some(node) = get(entries, "type") else {
-            if let Some(loc) = key_loc(entries, "options") {
-                self.error(
-                    loc,
-                    &join(path, "options"),
-                    format!(
-                        "options are only for plugin {what} types, and this {what} has no 'type'"
-                    ),
-                );
-                return false;
-            }
-            return true;
+    /// The `type` of a stream or an action: `cmd` when it has none, or one
+    /// of `built_in`. A type listed in `not_yet` is one of reaction's
+    /// plugin types rebuff will build in; any other would need a plugin.
+    /// `options` are only for a type other than `cmd`. `None`: an error
+    /// was reported.
+    fn plugin_type(
+        &mut self,
+        entries: &Entries,
+        path: &str,
+        what: &str,
+        built_in: &[&'static str],
+        not_yet: &[&str],
+    ) -> Option<&'static str> {
+        let accepted = || {
+            std::iter::once("cmd")
+                .chain(built_in.iter().copied())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        let type_path = join(path, "type");
-        let Some(name) = self.string(node, &type_path) else {
-            return false;
-        };
-        if name == default {
-            if let Some(loc) = key_loc(entries, "options") {
-                self.error(
-                    loc,
-                    &join(path, "options"),
-                    format!("options are only for plugin {what} types, not for type '{default}'"),
-                );
-                return false;
+        if let Some(node) = get(entries, "type") {
+            let type_path = join(path, "type");
+            let name = self.string(node, &type_path)?;
+            if name != "cmd" {
+                if let Some(found) = built_in.iter().find(|t| **t == name) {
+                    return Some(found);
+                } else {
+                    let why = if not_yet.contains(&name.as_str()) {
+                        format!("{what} type '{name}' is not built into rebuff yet")
+                    } else {
+                        format!(
+                            "{what} type '{name}' would come from a reaction plugin, and rebuff does not run reaction plugins"
+                        )
+                    };
+                    self.error(
+                        &node.loc,
+                        &type_path,
+                        format!("{why} (accepted: {})", accepted()),
+                    );
+                    return None;
+                }
             }
-            return true;
         }
-        self.error(
-            &node.loc,
-            &type_path,
-            format!(
-                "{what} type '{name}' would come from a reaction plugin, and rebuff does not run reaction plugins (accepted: {default})"
-            ),
-        );
-        false
+        if let Some(loc) = key_loc(entries, "options") {
+            let message = if get(entries, "type").is_none() {
+                format!(
+                    "options are only for {what} types other than cmd, and this {what} has no 'type'"
+                )
+            } else {
+                format!("options are only for {what} types other than cmd, not for type 'cmd'")
+            };
+            self.error(loc, &join(path, "options"), message);
+            return None;
+        }
+        Some("cmd")
     }
 
     fn streams(&mut self, entries: &Entries, root: &Node, patterns: &Patterns) -> Vec<Stream> {
@@ -900,6 +966,14 @@ impl Checker {
         if defs.is_empty() {
             self.error(&node.loc, "streams", "at least one stream is required");
         }
+        self.stream_kinds = defs
+            .iter()
+            .map(|(key, def)| {
+                let is_virtual = matches!(&def.value, Value::Map(entries)
+                    if get(entries, "type").is_some_and(|t| t.value == Value::Str("virtual".into())));
+                (key.name.clone(), is_virtual)
+            })
+            .collect();
         let mut streams = Vec::new();
         for (key, def) in defs {
             let path = join("streams", &key.name);
@@ -915,7 +989,66 @@ impl Checker {
                 streams.push(stream);
             }
         }
+        for (index, (key, _)) in defs.iter().enumerate() {
+            let is_virtual = self.stream_kinds.get(index).is_some_and(|(_, v)| *v);
+            if is_virtual && !self.virtual_edges.iter().any(|e| e.to == index) {
+                self.warn(
+                    &key.loc,
+                    &join("streams", &key.name),
+                    "no virtual action sends to this virtual stream: its filters never see a line",
+                );
+            }
+        }
+        self.virtual_cycles();
         streams
+    }
+
+    /// Reports each cycle of virtual streams (a stream whose virtual
+    /// action sends, maybe through others, back to itself): a line sent
+    /// around it could come back for ever.
+    fn virtual_cycles(&mut self) {
+        let edges = std::mem::take(&mut self.virtual_edges);
+        let count = self.stream_kinds.len();
+        // 0: not seen, 1: on the current path, 2: done.
+        let mut state = vec![0u8; count];
+        for start in 0..count {
+            if state[start] != 0 {
+                continue;
+            }
+            // The path, as (stream, index of its next edge to try).
+            let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+            state[start] = 1;
+            while let Some(&mut (node, ref mut next)) = path.last_mut() {
+                let Some(offset) = edges[*next..].iter().position(|e| e.from == node) else {
+                    state[node] = 2;
+                    path.pop();
+                    continue;
+                };
+                let edge = &edges[*next + offset];
+                *next += offset + 1;
+                match state[edge.to] {
+                    0 => {
+                        state[edge.to] = 1;
+                        path.push((edge.to, 0));
+                    }
+                    1 => {
+                        let from = path.iter().position(|&(n, _)| n == edge.to).unwrap_or(0);
+                        let mut names: Vec<&str> = path[from..]
+                            .iter()
+                            .map(|&(n, _)| self.stream_kinds[n].0.as_str())
+                            .collect();
+                        names.push(self.stream_kinds[edge.to].0.as_str());
+                        let message = format!(
+                            "virtual streams form a cycle: {} (a line sent around it would never stop)",
+                            names.join(" -> ")
+                        );
+                        let (loc, at) = (edge.loc.clone(), edge.path.clone());
+                        self.error(&loc, &at, message);
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     fn stream(&mut self, key: &Key, def: &Node, path: &str, patterns: &Patterns) -> Option<Stream> {
@@ -923,14 +1056,36 @@ impl Checker {
         let entries = self.map(def, path, "a stream (a map with 'cmd' and 'filters')")?;
         self.known_keys(entries, path, STREAM_KEYS);
         let errors_before = self.error_count();
-        self.plugin_type(entries, path, "cmd", "stream");
-        let cmd = match get(entries, "cmd") {
-            Some(n) => self.command(n, &join(path, "cmd")),
-            None => {
+        self.current_stream = name.to_owned();
+        let kind = self.plugin_type(entries, path, "stream", &["virtual"], &[]);
+        let is_virtual = kind == Some("virtual");
+        let cmd = match (get(entries, "cmd"), kind) {
+            (Some(_), Some("virtual")) => {
+                let loc = key_loc(entries, "cmd").unwrap_or(&def.loc).clone();
+                self.error(
+                    &loc,
+                    &join(path, "cmd"),
+                    "a virtual stream runs no command: its lines are what virtual actions send it; remove 'cmd'",
+                );
+                None
+            }
+            (None, Some("virtual")) => Some(Vec::new()),
+            (Some(n), _) => self.command(n, &join(path, "cmd")),
+            (None, _) => {
                 self.error(&key.loc, path, "a stream needs a 'cmd'");
                 None
             }
         };
+        if is_virtual
+            && let Some(node) = get(entries, "options")
+            && !matches!(&node.value, Value::Map(entries) if entries.is_empty())
+        {
+            self.error(
+                &node.loc,
+                &join(path, "options"),
+                "a virtual stream takes no options",
+            );
+        }
         let mut filters = Vec::new();
         let mut specs = Vec::new();
         match get(entries, "filters") {
@@ -976,6 +1131,7 @@ impl Checker {
             Ok(matcher) => Some(Stream {
                 name: name.to_owned(),
                 cmd: cmd?,
+                is_virtual,
                 matcher,
                 filters,
             }),
@@ -1278,14 +1434,39 @@ impl Checker {
         let entries = self.map(def, path, "an action (a map with 'cmd')")?;
         self.known_keys(entries, path, ACTION_KEYS);
         let errors_before = self.error_count();
-        self.plugin_type(entries, path, "cmd", "action");
+        let kind = self.plugin_type(entries, path, "action", &["virtual"], NOT_YET_ACTION_TYPES);
 
-        let cmd = match get(entries, "cmd") {
-            Some(node) => self.action_cmd(node, &join(path, "cmd"), filter.names, patterns),
-            None => {
-                self.error(&key.loc, path, "an action needs a 'cmd'");
-                None
+        let (cmd, send_to) = match (kind, get(entries, "cmd")) {
+            (Some("virtual"), cmd) => {
+                if cmd.is_some() {
+                    let loc = key_loc(entries, "cmd").unwrap_or(&def.loc).clone();
+                    self.error(
+                        &loc,
+                        &join(path, "cmd"),
+                        "a virtual action runs no command: it sends options.send to the stream options.to; remove 'cmd'",
+                    );
+                }
+                if let Some(loc) = key_loc(entries, "timeout") {
+                    self.error(
+                        loc,
+                        &join(path, "timeout"),
+                        "timeout is for commands, and a virtual action runs none",
+                    );
+                }
+                match self.virtual_options(key, entries, path, filter) {
+                    Some((send, to)) => (Some(vec![send]), Some(to)),
+                    None => (None, None),
+                }
             }
+            (_, Some(node)) => (
+                self.action_cmd(node, &join(path, "cmd"), filter.names, patterns),
+                None,
+            ),
+            (Some(_), None) => {
+                self.error(&key.loc, path, "an action needs a 'cmd'");
+                (None, None)
+            }
+            (None, None) => (None, None),
         };
         let after = get(entries, "after").and_then(|n| self.duration(n, &join(path, "after")));
         let timeout = get(entries, "timeout").and_then(|n| {
@@ -1357,6 +1538,7 @@ impl Checker {
             Action {
                 name: name.to_owned(),
                 cmd: cmd?,
+                send_to,
                 timeout_ms: timeout,
             },
         ))
@@ -1374,8 +1556,6 @@ impl Checker {
         filter_patterns: Option<&[String]>,
         patterns: &Patterns,
     ) -> Option<Vec<ArgTemplate>> {
-        let regexes_valid = filter_patterns.is_some();
-        let filter_patterns = filter_patterns.unwrap_or(&[]);
         let argv = self.command(node, path)?;
         let Value::Seq(items) = &node.value else {
             return None;
@@ -1383,43 +1563,169 @@ impl Checker {
         let mut out = Vec::with_capacity(argv.len());
         let mut ok = true;
         for (i, (arg, item)) in argv.iter().zip(items).enumerate() {
-            let mut parts = Vec::new();
-            let mut last = 0;
-            for (range, word) in placeholders(arg) {
-                if let Some(slot) = filter_patterns.iter().position(|p| p == word) {
-                    if range.start > last {
-                        parts.push(ArgPart::Text(arg[last..range.start].to_owned()));
-                    }
-                    parts.push(ArgPart::Value(slot));
-                    last = range.end;
-                } else if regexes_valid && patterns.get(word).is_some() {
-                    let captured: BTreeSet<&str> =
-                        filter_patterns.iter().map(String::as_str).collect();
-                    self.error(
-                        &item.loc,
-                        &format!("{path}[{i}]"),
-                        format!(
-                            "<{word}> is not captured by this filter's regexes (they capture: {})",
-                            if captured.is_empty() {
-                                "nothing".to_owned()
-                            } else {
-                                captured
-                                    .into_iter()
-                                    .map(|n| format!("<{n}>"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            }
-                        ),
-                    );
-                    ok = false;
-                }
+            match self.template(
+                arg,
+                &item.loc,
+                &format!("{path}[{i}]"),
+                filter_patterns,
+                patterns,
+            ) {
+                Some(template) => out.push(template),
+                None => ok = false,
             }
-            if last < arg.len() || parts.is_empty() {
-                parts.push(ArgPart::Text(arg[last..].to_owned()));
-            }
-            out.push(ArgTemplate { parts });
         }
         ok.then_some(out)
+    }
+
+    /// Compiles one argv element, or a virtual action's line: `<name>` of
+    /// a pattern the filter captures becomes a hole; `<name>` of a pattern
+    /// the filter does not capture is an error (it could never be filled);
+    /// other `<...>` text is literal. `filter_patterns` is `None` when the
+    /// filter's regexes are invalid: then nothing is blamed on the text.
+    fn template(
+        &mut self,
+        text: &str,
+        loc: &Loc,
+        path: &str,
+        filter_patterns: Option<&[String]>,
+        patterns: &Patterns,
+    ) -> Option<ArgTemplate> {
+        let regexes_valid = filter_patterns.is_some();
+        let filter_patterns = filter_patterns.unwrap_or(&[]);
+        let mut parts = Vec::new();
+        let mut last = 0;
+        let mut ok = true;
+        for (range, word) in placeholders(text) {
+            if let Some(slot) = filter_patterns.iter().position(|p| p == word) {
+                if range.start > last {
+                    parts.push(ArgPart::Text(text[last..range.start].to_owned()));
+                }
+                parts.push(ArgPart::Value(slot));
+                last = range.end;
+            } else if regexes_valid && patterns.get(word).is_some() {
+                let captured: BTreeSet<&str> = filter_patterns.iter().map(String::as_str).collect();
+                self.error(
+                    loc,
+                    path,
+                    format!(
+                        "<{word}> is not captured by this filter's regexes (they capture: {})",
+                        if captured.is_empty() {
+                            "nothing".to_owned()
+                        } else {
+                            captured
+                                .into_iter()
+                                .map(|n| format!("<{n}>"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if last < text.len() || parts.is_empty() {
+            parts.push(ArgPart::Text(text[last..].to_owned()));
+        }
+        ok.then_some(ArgTemplate { parts })
+    }
+
+    /// A virtual action's `options`: the line it sends (a template like an
+    /// argv element) and the index of the virtual stream it goes to.
+    fn virtual_options(
+        &mut self,
+        key: &Key,
+        entries: &Entries,
+        path: &str,
+        filter: &FilterContext<'_>,
+    ) -> Option<(ArgTemplate, usize)> {
+        let opath = join(path, "options");
+        let Some(node) = get(entries, "options") else {
+            self.error(
+                &key.loc,
+                path,
+                "a virtual action needs options: {send: '<line, with <patterns>>', to: '<virtual stream>'}",
+            );
+            return None;
+        };
+        let options = self.map(
+            node,
+            &opath,
+            "a map with 'send' (the line) and 'to' (a virtual stream)",
+        )?;
+        self.known_keys(options, &opath, VIRTUAL_OPTION_KEYS);
+        let send = match get(options, "send") {
+            Some(n) => {
+                let spath = join(&opath, "send");
+                let text = self.string(n, &spath);
+                text.and_then(|text| {
+                    self.template(&text, &n.loc, &spath, filter.names, filter.patterns)
+                })
+            }
+            None => {
+                self.error(
+                    &node.loc,
+                    &opath,
+                    "a virtual action needs 'send': the line to send, with <patterns>",
+                );
+                None
+            }
+        };
+        let to = match get(options, "to") {
+            Some(n) => {
+                let tpath = join(&opath, "to");
+                let name = self.string(n, &tpath);
+                name.and_then(|name| self.virtual_target(&name, &n.loc, &tpath))
+            }
+            None => {
+                self.error(
+                    &node.loc,
+                    &opath,
+                    "a virtual action needs 'to': the virtual stream its line goes to",
+                );
+                None
+            }
+        };
+        Some((send?, to?))
+    }
+
+    /// The index of the virtual stream `name`, recorded as a destination of
+    /// the current stream.
+    fn virtual_target(&mut self, name: &str, loc: &Loc, path: &str) -> Option<usize> {
+        let virtual_streams: Vec<&str> = self
+            .stream_kinds
+            .iter()
+            .filter(|(_, v)| *v)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let listed = if virtual_streams.is_empty() {
+            "none".to_owned()
+        } else {
+            virtual_streams.join(", ")
+        };
+        let found = self.stream_kinds.iter().position(|(n, _)| n == name);
+        let message = match found {
+            None => format!("'{name}' names no stream (virtual streams: {listed})"),
+            Some(to) if !self.stream_kinds[to].1 => format!(
+                "stream '{name}' is not of type virtual: a virtual action only sends to a virtual stream (virtual streams: {listed})"
+            ),
+            Some(to) => {
+                if let Some(from) = self
+                    .stream_kinds
+                    .iter()
+                    .position(|(n, _)| *n == self.current_stream)
+                {
+                    self.virtual_edges.push(VirtualEdge {
+                        from,
+                        to,
+                        loc: loc.clone(),
+                        path: path.to_owned(),
+                    });
+                }
+                return Some(to);
+            }
+        };
+        self.error(loc, path, message);
+        None
     }
 }
 
@@ -1562,6 +1868,186 @@ mod tests {
         assert!(errors[0].to_string().contains("c.yml:1:1: k0: unknown key"));
         let last = errors[MAX_REPORTED].to_string();
         assert_eq!(last, "... and 300 more errors, not shown");
+    }
+
+    /// A recidive setup: `tell` is the virtual action of stream ssh (its
+    /// body at 12 spaces), `recidive_body` the virtual stream's (4 spaces).
+    fn recidive(tell: &str, recidive_body: &str) -> String {
+        format!(
+            "patterns:\n  ip:\n    type: ip\n  user:\n    regex: '\\w+'\nstreams:\n  ssh:\n    cmd: [cat]\n    filters:\n      f:\n        regex: ['from <ip>']\n        actions:\n          tell:\n{tell}  recidive:\n{recidive_body}"
+        )
+    }
+
+    const TELL: &str =
+        "            type: virtual\n            options: {send: 'ban <ip>', to: recidive}\n";
+    const RECIDIVE: &str = "    type: virtual\n    filters:\n      r:\n        regex: ['^ban <ip>$']\n        actions:\n          long:\n            cmd: [longban, '<ip>']\n";
+
+    fn rejected(text: &str) -> String {
+        load_yaml(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn a_virtual_action_sends_a_template_to_a_virtual_stream() {
+        let config = load_yaml(&recidive(TELL, RECIDIVE)).expect("valid");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        let (ssh, recidive) = (&config.streams[0], &config.streams[1]);
+        assert!(!ssh.is_virtual && recidive.is_virtual);
+        assert!(recidive.cmd.is_empty());
+        let tell = &ssh.filters[0].actions[0];
+        assert_eq!(tell.send_to, Some(1));
+        assert_eq!(tell.render(&["192.0.2.1".to_owned()]), ["ban 192.0.2.1"]);
+        assert_eq!(config.document["streams"]["recidive"]["type"], "virtual");
+    }
+
+    #[test]
+    fn virtual_action_options_are_checked() {
+        for (tell, expected) in [
+            (
+                "            type: virtual\n            options: {send: 'ban <ip>', to: nowhere}\n",
+                "c.yml:15:45: streams.ssh.filters.f.actions.tell.options.to: 'nowhere' names no stream (virtual streams: recidive)",
+            ),
+            (
+                "            type: virtual\n            options: {send: 'ban <ip>', to: ssh}\n",
+                "streams.ssh.filters.f.actions.tell.options.to: stream 'ssh' is not of type virtual",
+            ),
+            (
+                "            type: virtual\n            options: {send: 'ban <user>', to: recidive}\n",
+                "c.yml:15:29: streams.ssh.filters.f.actions.tell.options.send: <user> is not captured",
+            ),
+            (
+                "            type: virtual\n            options: {to: recidive}\n",
+                "streams.ssh.filters.f.actions.tell.options: a virtual action needs 'send'",
+            ),
+            (
+                "            type: virtual\n",
+                "c.yml:13:11: streams.ssh.filters.f.actions.tell: a virtual action needs options",
+            ),
+            (
+                "            type: virtual\n            cmd: [x]\n            options: {send: 'ban <ip>', to: recidive}\n",
+                "c.yml:15:13: streams.ssh.filters.f.actions.tell.cmd: a virtual action runs no command",
+            ),
+            (
+                "            type: virtual\n            options: {send: 'ban <ip>', to: recidive, too: 1}\n",
+                "options.too: unknown key 'too'",
+            ),
+            (
+                "            type: nftables\n            options: {set: bans, action: add}\n",
+                "c.yml:14:19: streams.ssh.filters.f.actions.tell.type: action type 'nftables' is not built into rebuff yet (accepted: cmd, virtual)",
+            ),
+            (
+                "            type: ipset\n            options: {set: bans}\n",
+                "action type 'ipset' is not built into rebuff yet",
+            ),
+            (
+                "            type: cluster_send\n            options: {}\n",
+                "would come from a reaction plugin",
+            ),
+        ] {
+            let err = rejected(&recidive(tell, RECIDIVE));
+            assert!(err.contains(expected), "{expected}\nnot in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn a_virtual_stream_has_no_cmd_and_no_options() {
+        let err = rejected(&recidive(TELL, &format!("    cmd: [cat]\n{RECIDIVE}")));
+        assert!(
+            err.contains("c.yml:17:5: streams.recidive.cmd: a virtual stream runs no command"),
+            "{err}"
+        );
+        let err = rejected(&recidive(
+            TELL,
+            &format!("    options: {{a: 1}}\n{RECIDIVE}"),
+        ));
+        assert!(
+            err.contains("streams.recidive.options: a virtual stream takes no options"),
+            "{err}"
+        );
+        load_yaml(&recidive(TELL, &format!("    options: {{}}\n{RECIDIVE}"))).expect("valid");
+    }
+
+    #[test]
+    fn a_virtual_stream_nothing_sends_to_warns() {
+        let plain = "            cmd: [tell, '<ip>']\n";
+        let found = warnings(&recidive(plain, RECIDIVE));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains(
+                "c.yml:15:3: streams.recidive: no virtual action sends to this virtual stream"
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_cycle_of_virtual_streams_is_rejected() {
+        // recidive sends to itself.
+        let to_itself = RECIDIVE.replace(
+            "          long:\n            cmd: [longban, '<ip>']\n",
+            "          again:\n            type: virtual\n            options: {send: 'ban <ip>', to: recidive}\n",
+        );
+        let err = rejected(&recidive(TELL, &to_itself));
+        assert!(
+            err.contains("streams.recidive.filters.r.actions.again.options.to: virtual streams form a cycle: recidive -> recidive"),
+            "{err}"
+        );
+        // recidive -> other -> recidive, reached from ssh.
+        let through_other = format!(
+            "{}  other:\n    type: virtual\n    filters:\n      o:\n        regex: ['^again <ip>$']\n        actions:\n          back:\n            type: virtual\n            options: {{send: 'ban <ip>', to: recidive}}\n",
+            RECIDIVE.replace(
+                "          long:\n            cmd: [longban, '<ip>']\n",
+                "          on:\n            type: virtual\n            options: {send: 'again <ip>', to: other}\n",
+            )
+        );
+        let err = rejected(&recidive(TELL, &through_other));
+        assert!(
+            err.contains("virtual streams form a cycle: recidive -> other -> recidive"),
+            "{err}"
+        );
+        assert_eq!(err.matches("form a cycle").count(), 1, "{err}");
+        // A chain without a cycle is fine.
+        let chain = through_other.replace(
+            "            options: {send: 'ban <ip>', to: recidive}\n",
+            "            cmd: [longban, '<ip>']\n",
+        );
+        let chain = chain.replacen(
+            "          back:\n            type: virtual\n",
+            "          back:\n",
+            1,
+        );
+        load_yaml(&recidive(TELL, &chain)).expect("valid");
+    }
+
+    #[test]
+    fn built_in_plugins_are_accepted_with_one_warning_and_others_refused() {
+        let text = format!(
+            "plugins:\n  virtual:\n    path: /usr/lib/reaction/reaction-plugin-virtual\n    systemd: true\n  nftables:\n    path: /x\n    check_root: false\n    systemd_options: {{a: [b]}}\n{}",
+            recidive(TELL, RECIDIVE)
+        );
+        let found = warnings(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "c.yml:2:3: plugins: ignored: virtual, nftables are built into rebuff"
+            ),
+            "{found:?}"
+        );
+        let err = rejected(&format!(
+            "plugins:\n  cluster:\n    path: /x\n{}",
+            recidive(TELL, RECIDIVE)
+        ));
+        assert!(
+            err.contains("c.yml:2:3: plugins.cluster: plugin 'cluster' is not built into rebuff, and rebuff does not run reaction plugins (built in: nftables, ipset, virtual)"),
+            "{err}"
+        );
+        let err = rejected(&format!(
+            "plugins:\n  ipset:\n    pth: /x\n{}",
+            recidive(TELL, RECIDIVE)
+        ));
+        assert!(
+            err.contains("plugins.ipset.pth: unknown key 'pth'"),
+            "{err}"
+        );
     }
 
     proptest! {

@@ -158,7 +158,13 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
     ));
 
     let mut streams = Vec::new();
-    for index in 0..config.streams.len() {
+    for (index, stream) in config.streams.iter().enumerate() {
+        // A virtual stream has no child: the tracker feeds it, and it is
+        // up as long as the daemon is.
+        if stream.is_virtual {
+            metrics.stream_running(index);
+            continue;
+        }
         streams.push(stream::spawn(StreamDeps {
             view: StreamView {
                 config: config.clone(),
@@ -481,6 +487,16 @@ impl Reloader {
                     .is_some_and(|(handle, _)| *handle.name == *stream.name)
             });
             let previous = previous.and_then(Option::take);
+            if stream.is_virtual {
+                // No child to keep or start; one that ran a command before
+                // is stopped.
+                metrics.stream_running(index);
+                if let Some(running) = previous {
+                    restarted.push(stream.name.clone());
+                    stopping.push(running);
+                }
+                continue;
+            }
             match previous {
                 Some((handle, task))
                     if handle.view().config.streams[handle.view().index].cmd == stream.cmd

@@ -11,7 +11,8 @@
 
 pub mod timestamp;
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,7 @@ use anyhow::{Context, bail};
 use foldhash::fast::RandomState;
 use rebuff_engine::{
     Decision, DuplicatePolicy, FilterDecider, FilterPlan, IgnoreReason, LineMatch, MatchScratch,
-    StreamMatcher, Trigger, TriggerKind, line_text,
+    StreamMatcher, Trigger, TriggerKind, Values, line_text,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -109,9 +110,29 @@ pub fn run(config: &Config, options: &ReplayOptions, out: &mut dyn Write) -> any
                 bail!("no stream named '{name}' (streams: {})", known.join(", "));
             }
         },
-        None => config.streams.iter().collect(),
+        None => config.streams.iter().filter(|s| !s.is_virtual).collect(),
     };
+    // Virtual streams read no line: they are fed by virtual actions, and
+    // come after the streams that read lines.
+    let line_runs = streams.len();
+    let fed: Vec<&Stream> = config
+        .streams
+        .iter()
+        .filter(|s| s.is_virtual && !streams.iter().any(|t| t.name == s.name))
+        .collect();
+    let mut streams = streams;
+    streams.extend(fed);
+    let run_of_stream = config
+        .streams
+        .iter()
+        .map(|s| streams.iter().position(|t| t.name == s.name))
+        .collect();
     let mut replay = Replay {
+        line_runs,
+        run_of_stream,
+        virtual_lines: BinaryHeap::new(),
+        next_virtual: 0,
+        extended: HashMap::default(),
         runs: streams
             .into_iter()
             .map(|stream| StreamRun {
@@ -148,6 +169,7 @@ pub fn run(config: &Config, options: &ReplayOptions, out: &mut dyn Write) -> any
             .file(file, options.progress, out)
             .with_context(|| format!("reading {}", file.display()))?;
     }
+    replay.feed_virtual(u64::MAX, out)?;
     match options.format {
         OutputFormat::Json => {
             out.write_all(b"\n], \"summary\": ")?;
@@ -160,8 +182,35 @@ pub fn run(config: &Config, options: &ReplayOptions, out: &mut dyn Write) -> any
     Ok(())
 }
 
+/// A line a virtual action sends, at the log time it is sent.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct VirtualLine {
+    at: u64,
+    /// Breaks ties in the order sent.
+    seq: u64,
+    run: usize,
+    line: String,
+    /// For a delayed action: its trigger (run, filter, values), the time
+    /// it was scheduled from and its delay, so an extension moves it.
+    delayed: Option<(Extended, u64, u64)>,
+}
+
+/// A trigger by run, filter and values.
+type Extended = (usize, usize, Values);
+
 struct Replay<'c> {
+    /// The streams that read lines, then the virtual ones.
     runs: Vec<StreamRun<'c>>,
+    /// How many of `runs` read lines.
+    line_runs: usize,
+    /// The run of each configured stream, if it has one.
+    run_of_stream: Vec<Option<usize>>,
+    /// Lines of virtual actions not fed yet, earliest first.
+    virtual_lines: BinaryHeap<Reverse<VirtualLine>>,
+    next_virtual: u64,
+    /// The latest extension of triggers with delayed virtual actions: as
+    /// in the daemon, those are sent at the extended time plus `after`.
+    extended: HashMap<Extended, u64, RandomState>,
     totals: Totals,
     /// Keyed by "stream.filter\0values".
     offenders: HashMap<String, Offender, RandomState>,
@@ -213,12 +262,14 @@ impl<'c> Replay<'c> {
     ) -> anyhow::Result<()> {
         let mut batch = Batch::default();
         let mut worker = Worker::default();
-        let streams: Vec<&'c Stream> = self.runs.iter().map(|r| r.stream).collect();
+        let streams: Vec<&'c Stream> = self.line_streams();
         let matchers: Vec<&StreamMatcher> = streams.iter().map(|s| &s.matcher).collect();
         loop {
             let more = source.fill(&mut batch, &mut self.totals)?;
-            let mut scratches: Vec<&mut MatchScratch> =
-                self.runs.iter_mut().map(|r| &mut r.scratch).collect();
+            let mut scratches: Vec<&mut MatchScratch> = self.runs[..self.line_runs]
+                .iter_mut()
+                .map(|r| &mut r.scratch)
+                .collect();
             worker.run(&matchers, &mut scratches, &mut batch);
             self.apply(&mut batch, out)?;
             progress.update(raw_read.load(Ordering::Relaxed), source.lines);
@@ -239,7 +290,7 @@ impl<'c> Replay<'c> {
         raw_read: &AtomicU64,
         out: &mut dyn Write,
     ) -> anyhow::Result<()> {
-        let streams: Vec<&'c Stream> = self.runs.iter().map(|r| r.stream).collect();
+        let streams: Vec<&'c Stream> = self.line_streams();
         let matchers: Vec<&StreamMatcher> = streams.iter().map(|s| &s.matcher).collect();
         let max_in_flight = workers * 2;
         let (work_tx, work_rx) = mpsc::sync_channel::<Batch>(max_in_flight);
@@ -303,14 +354,65 @@ impl<'c> Replay<'c> {
         })
     }
 
-    /// Applies a matched batch's matches in line order.
+    fn line_streams(&self) -> Vec<&'c Stream> {
+        self.runs[..self.line_runs]
+            .iter()
+            .map(|r| r.stream)
+            .collect()
+    }
+
+    /// Applies a matched batch's matches in line order, each line after the
+    /// virtual lines sent up to its time.
     fn apply(&mut self, batch: &mut Batch, out: &mut dyn Write) -> anyhow::Result<()> {
         self.totals.invalid_utf8 += batch.invalid_utf8;
         let times = std::mem::take(&mut batch.times);
+        let mut last_line = None;
         for (line, run, m) in batch.matches.drain(..) {
-            self.on_match(run as usize, m, times[line as usize], out)?;
+            let time = times[line as usize];
+            if last_line != Some(line) {
+                last_line = Some(line);
+                self.feed_virtual(time, out)?;
+            }
+            self.on_match(run as usize, m, time, out)?;
         }
         batch.times = times;
+        Ok(())
+    }
+
+    /// Feeds the virtual lines sent up to `until` to their streams, in
+    /// time order (lines they cause in turn included).
+    fn feed_virtual(&mut self, until: u64, out: &mut dyn Write) -> anyhow::Result<()> {
+        let mut found = Vec::new();
+        while self
+            .virtual_lines
+            .peek()
+            .is_some_and(|Reverse(v)| v.at <= until)
+        {
+            let Some(Reverse(mut sent)) = self.virtual_lines.pop() else {
+                break;
+            };
+            if let Some((key, from, after)) = &mut sent.delayed
+                && let Some(&latest) = self.extended.get(key)
+                && latest > *from
+            {
+                // Extended since: sent later.
+                *from = latest;
+                sent.at = latest.saturating_add(*after);
+                self.virtual_lines.push(Reverse(sent));
+                continue;
+            }
+            let run = &mut self.runs[sent.run];
+            found.clear();
+            if run
+                .stream
+                .matcher
+                .find(&sent.line, &mut run.scratch, &mut found)
+            {
+                for m in found.drain(..) {
+                    self.on_match(sent.run, m, sent.at, out)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -393,6 +495,17 @@ impl<'c> Replay<'c> {
         // printed (a persistent attacker would otherwise print one record per
         // line).
         if trigger.kind == TriggerKind::Extend {
+            let filter = &self.runs[run_index].stream.filters[m.filter];
+            if filter
+                .plan
+                .actions
+                .iter()
+                .zip(&filter.actions)
+                .any(|(spec, action)| spec.after.is_some() && action.send_to.is_some())
+            {
+                self.extended
+                    .insert((run_index, m.filter, trigger.values.clone()), trigger.time);
+            }
             return Ok(());
         }
         bump(
@@ -401,6 +514,25 @@ impl<'c> Replay<'c> {
             &self.key,
             true,
         );
+        let filter = &self.runs[run_index].stream.filters[m.filter];
+        for scheduled in &trigger.actions {
+            let action = &filter.actions[scheduled.action];
+            let Some(run) = action.send_to.and_then(|to| self.run_of_stream[to]) else {
+                continue;
+            };
+            let after = filter.plan.actions[scheduled.action].after;
+            self.next_virtual += 1;
+            self.virtual_lines.push(Reverse(VirtualLine {
+                at: scheduled.at,
+                seq: self.next_virtual,
+                run,
+                line: action.render(&trigger.values).concat(),
+                delayed: after.map(|after| {
+                    let key = (run_index, m.filter, trigger.values.clone());
+                    (key, trigger.time, after)
+                }),
+            }));
+        }
         self.write_trigger(run_index, m.filter, &trigger, out)
     }
 

@@ -326,18 +326,18 @@ fn duplicate_and_duplicates_together_are_rejected() {
 fn a_plugin_stream_type_is_rejected() {
     assert_rejected(
         "c.yml",
-        "streams:\n  s:\n    type: virtual\n    filters:\n      f:\n        regex: ['x']\n",
+        "streams:\n  s:\n    type: cluster\n    filters:\n      f:\n        regex: ['x']\n",
         &[
             "c.yml:3:11",
             "streams.s.type",
             "reaction plugin",
-            "accepted: cmd",
+            "accepted: cmd, virtual",
         ],
     );
 }
 
 #[test]
-fn a_plugin_action_type_is_rejected() {
+fn an_action_type_not_built_in_yet_is_rejected() {
     assert_rejected(
         "c.yml",
         &with_filter(
@@ -347,21 +347,40 @@ fn a_plugin_action_type_is_rejected() {
         &[
             "c.yml:12:19",
             "actions.a.type",
-            "'ipset'",
-            "reaction plugin",
+            "'ipset' is not built into rebuff yet",
         ],
     );
 }
 
 #[test]
-fn a_plugin_without_path_is_rejected() {
+fn a_plugin_rebuff_does_not_build_in_is_rejected() {
     assert_rejected(
         "c.yml",
         &format!(
-            "plugins:\n  ipset:\n    check_root: false\n{}",
+            "plugins:\n  cluster:\n    path: /usr/lib/reaction/cluster\n{}",
             with_filter(IP, "        regex: ['<ip>']\n")
         ),
-        &["c.yml:2:3:", "plugins.ipset", "needs a 'path'"],
+        &[
+            "c.yml:2:3:",
+            "plugins.cluster",
+            "does not run reaction plugins",
+        ],
+    );
+}
+
+#[test]
+fn a_virtual_action_to_a_stream_that_is_not_virtual_is_rejected() {
+    assert_rejected(
+        "c.yml",
+        &with_filter(
+            IP,
+            "        regex: ['<ip>']\n        actions:\n          a:\n            type: virtual\n            options: {send: 'ban <ip>', to: s}\n",
+        ),
+        &[
+            "c.yml:13:45",
+            "streams.s.filters.f.actions.a.options.to",
+            "stream 's' is not of type virtual",
+        ],
     );
 }
 

@@ -14,6 +14,7 @@ mod socket;
 mod store;
 mod tools;
 mod tsdb;
+mod virtual_streams;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
