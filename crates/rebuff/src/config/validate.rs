@@ -974,6 +974,13 @@ impl Checker {
                 (key.name.clone(), is_virtual)
             })
             .collect();
+        if !defs.is_empty() && self.stream_kinds.iter().all(|(_, is_virtual)| *is_virtual) {
+            self.error(
+                &node.loc,
+                "streams",
+                "every stream is virtual, so none reads a line: at least one stream needs a 'cmd' (virtual streams are fed only by virtual actions of other streams)",
+            );
+        }
         let mut streams = Vec::new();
         for (key, def) in defs {
             let path = join("streams", &key.name);
@@ -1976,6 +1983,16 @@ mod tests {
                 "c.yml:15:3: streams.recidive: no virtual action sends to this virtual stream"
             ),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_configuration_of_virtual_streams_only_is_rejected() {
+        let only_virtual = "patterns:\n  ip:\n    type: ip\nstreams:\n  recidive:\n    type: virtual\n    filters:\n      r:\n        regex: ['^ban <ip>$']\n        actions:\n          long:\n            cmd: [longban, '<ip>']\n";
+        let err = rejected(only_virtual);
+        assert!(
+            err.contains("c.yml:5:3: streams: every stream is virtual, so none reads a line"),
+            "{err}"
         );
     }
 
