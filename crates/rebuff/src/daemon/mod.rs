@@ -39,7 +39,10 @@ use crate::tracker::{ReloadCmd, Tracker, TrackerDeps, TrackerInputs};
 
 /// Batches of matches in flight between the streams and the tracker; when
 /// full, streams wait (backpressure) rather than buffer without bound.
-const MATCH_CHANNEL: usize = 256;
+/// Small: the tracker, which also writes the `match` lines, is the slower
+/// side under a flood, so a deep queue only holds memory (256 batches held
+/// 7 MiB more at the heavy benchmark's peak, for no speed).
+const MATCH_CHANNEL: usize = 32;
 /// Control requests waiting for the tracker.
 const CONTROL_CHANNEL: usize = 64;
 /// Scrapes waiting for the tracker's pending actions.
