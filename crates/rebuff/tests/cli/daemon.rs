@@ -256,19 +256,12 @@ pub fn failed_login(ip: &str) -> String {
 }
 
 /// A jail: ban at the 2nd match, unban an hour later (or `{after}`).
-const JAIL: &str = r#"
+const JAIL: &str = concat!(
+    r#"
 state_directory: {dir}/state
-patterns:
-  ip:
-    type: ip
-streams:
-  ssh:
-    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
-    filters:
-      failed:
-        regex:
-          - 'Failed password for \S+ from <ip> port'
-        retry: 2
+"#,
+    ssh_failed_filter!(),
+    r#"        retry: 2
         retryperiod: 10m
         actions:
           ban:
@@ -276,7 +269,8 @@ streams:
           unban:
             cmd: ['sh', '-c', 'echo "unban $1" >> {dir}/actions.log', 'sh', '<ip>']
             after: {after}
-"#;
+"#
+);
 
 fn jail(site: &Site, after: &str) {
     site.config(&JAIL.replace("{after}", after));

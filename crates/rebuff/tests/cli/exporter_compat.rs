@@ -13,19 +13,12 @@ use std::time::{Duration, Instant};
 use super::daemon::{DEADLINE, Site, failed_login, wait_until};
 use super::tsdb::{free_port, http_get};
 
-const CONFIG: &str = r#"
+const CONFIG: &str = concat!(
+    r#"
 state_directory: {dir}/state
-patterns:
-  ip:
-    type: ip
-streams:
-  ssh:
-    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
-    filters:
-      failed:
-        regex:
-          - 'Failed password for \S+ from <ip> port'
-        retry: 2
+"#,
+    ssh_failed_filter!(),
+    r#"        retry: 2
         retryperiod: 10m
         actions:
           ban:
@@ -35,7 +28,8 @@ streams:
           unban:
             cmd: ['sh', '-c', 'echo "unban $1" >> {dir}/actions.log', 'sh', '<ip>']
             after: 1h
-"#;
+"#
+);
 
 fn exporter_installed() -> bool {
     Command::new("python3")

@@ -1,6 +1,25 @@
 //! End-to-end tests of the `rebuff` binary: real processes, temp dirs,
 //! real configuration files. One integration binary, one module per surface.
 
+/// The start most daemon tests share: an `ip` pattern and an `ssh` stream
+/// tailing `{dir}/input.log` with a `failed` filter on sshd's failed logins
+/// (its retry and actions follow in each test's configuration).
+macro_rules! ssh_failed_filter {
+    () => {
+        r"patterns:
+  ip:
+    type: ip
+streams:
+  ssh:
+    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
+    filters:
+      failed:
+        regex:
+          - 'Failed password for \S+ from <ip> port'
+"
+    };
+}
+
 mod config_errors;
 mod daemon;
 mod dashboards;

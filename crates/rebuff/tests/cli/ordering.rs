@@ -9,26 +9,20 @@ use std::time::Duration;
 use super::daemon::{Site, failed_login, kill_processes_mentioning, wait_until};
 
 /// Bans take `{ban_secs}` (then log), unbans log at once, `{after}` later.
-const SLOW_BAN: &str = r#"
+const SLOW_BAN: &str = concat!(
+    r#"
 state_directory: {dir}/state
 concurrency: {concurrency}
-patterns:
-  ip:
-    type: ip
-streams:
-  ssh:
-    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
-    filters:
-      failed:
-        regex:
-          - 'Failed password for \S+ from <ip> port'
-        actions:
+"#,
+    ssh_failed_filter!(),
+    r#"        actions:
           ban:
             cmd: ['sh', '-c', 'sleep {ban_secs}; echo "ban $1" >> {dir}/actions.log', 'sh', '<ip>']
           unban:
             cmd: ['sh', '-c', 'echo "unban $1" >> {dir}/actions.log', 'sh', '<ip>']
             after: {after}
-"#;
+"#
+);
 
 fn slow_ban(site: &Site, concurrency: u32, ban_secs: &str, after: &str) {
     site.config(

@@ -137,19 +137,12 @@ fn a_second_daemon_is_refused_with_the_pid_of_the_first() {
 
 /// A jail whose state lives in `{dir}/{state}` (a tmpfs in these tests):
 /// ban at the 2nd match, unban in an hour; metrics on `{port}`.
-const DISK_JAIL: &str = r#"
+const DISK_JAIL: &str = concat!(
+    r#"
 state_directory: {dir}/state
-patterns:
-  ip:
-    type: ip
-streams:
-  ssh:
-    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
-    filters:
-      failed:
-        regex:
-          - 'Failed password for \S+ from <ip> port'
-        retry: 2
+"#,
+    ssh_failed_filter!(),
+    r#"        retry: 2
         retryperiod: 10m
         actions:
           ban:
@@ -159,7 +152,8 @@ streams:
             after: 1h
 metrics:
   listen: 127.0.0.1:{port}
-"#;
+"#
+);
 
 fn failed_login(ip: &str) -> String {
     format!("Nov 23 10:00:00 host sshd[42]: Failed password for root from {ip} port 22 ssh2")

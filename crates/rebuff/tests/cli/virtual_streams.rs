@@ -11,22 +11,15 @@ use super::{rebuff, stderr, stdout, test_config};
 
 /// ssh bans at 2 failures for `{after}`, and tells `recidive` of each ban;
 /// recidive bans for a day at 3 bans in an hour.
-const RECIDIVE: &str = r#"
+const RECIDIVE: &str = concat!(
+    r#"
 state_directory: {dir}/state
 plugins:
   virtual:
     path: /usr/local/lib/reaction/reaction-plugin-virtual
-patterns:
-  ip:
-    type: ip
-streams:
-  ssh:
-    cmd: ['tail', '-n', '+1', '-F', '{dir}/input.log']
-    filters:
-      failed:
-        regex:
-          - 'Failed password for \S+ from <ip> port'
-        retry: 2
+"#,
+    ssh_failed_filter!(),
+    r#"        retry: 2
         retryperiod: 10m
         actions:
           ban:
@@ -52,7 +45,8 @@ streams:
           longunban:
             cmd: ['sh', '-c', 'echo "longunban $1" >> {dir}/actions.log', 'sh', '<ip>']
             after: 1d
-"#;
+"#
+);
 
 #[test]
 fn test_config_keeps_the_virtual_types_and_warns_once_about_plugins() {
