@@ -406,6 +406,16 @@ impl Pattern {
         self.kind
     }
 
+    /// The prefix length IPv4 values are masked to (`ipv4mask`), if any.
+    pub fn ipv4_mask(&self) -> Option<u8> {
+        self.ipv4_mask
+    }
+
+    /// The prefix length IPv6 values are masked to (`ipv6mask`), if any.
+    pub fn ipv6_mask(&self) -> Option<u8> {
+        self.ipv6_mask
+    }
+
     /// The regex that replaces `<name>` in filter regexes.
     pub fn regex(&self) -> &str {
         &self.regex

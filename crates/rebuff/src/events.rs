@@ -215,3 +215,78 @@ pub struct ExecStats {
     /// Actions waiting for a free slot now.
     pub queued: AtomicU64,
 }
+
+/// Counters of the firewall writer, read by metrics. Index 0 is
+/// nftables, 1 is ipset.
+#[derive(Debug, Default)]
+pub struct FirewallStats {
+    pub backends: [BackendStats; 2],
+    /// Elements rebuff holds in each kernel set: (backend, set, count),
+    /// replaced after every batch.
+    pub set_sizes: std::sync::Mutex<Vec<(&'static str, std::sync::Arc<str>, u64)>>,
+}
+
+/// One backend's counters.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    /// Batches applied (each one `nft -f` or `ipset restore`, retries and
+    /// splits not counted).
+    pub batches: AtomicU64,
+    /// Element operations applied successfully.
+    pub applied: AtomicU64,
+    /// Element operations that failed after retries.
+    pub failed: AtomicU64,
+    /// Program runs beyond one per batch: retries after a repair, and the
+    /// halves of a failed batch run to find the failing element.
+    pub retries: AtomicU64,
+    /// Elements a reconcile added back (missing from the kernel).
+    pub readded: AtomicU64,
+    /// Elements a reconcile deleted (in the kernel, not in rebuff's state).
+    pub removed: AtomicU64,
+    /// Reconciles run, and those that could not read a set.
+    pub reconciles: AtomicU64,
+    pub reconcile_errors: AtomicU64,
+    /// Batch sizes, as a histogram over [`BATCH_SIZE_BUCKETS`].
+    pub batch_sizes: Buckets<6>,
+    /// Seconds a batch took from its first request to its result, over
+    /// [`BATCH_SECONDS_BUCKETS`].
+    pub batch_seconds: Buckets<8>,
+}
+
+/// Upper bounds of the batch size histogram.
+pub const BATCH_SIZE_BUCKETS: [f64; 6] = [1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0];
+/// Upper bounds of the batch latency histogram, in seconds.
+pub const BATCH_SECONDS_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// A fixed-bucket histogram of atomics (cumulative counts are computed
+/// when rendered).
+#[derive(Debug)]
+pub struct Buckets<const N: usize> {
+    /// Observations per bucket; the last slot is above every bound.
+    pub counts: [AtomicU64; N],
+    pub above: AtomicU64,
+    /// Sum of observations, in millionths.
+    pub sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Default for Buckets<N> {
+    fn default() -> Self {
+        Buckets {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            above: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Buckets<N> {
+    pub fn observe(&self, bounds: &[f64; N], value: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match bounds.iter().position(|&b| value <= b) {
+            Some(i) => self.counts[i].fetch_add(1, Relaxed),
+            None => self.above.fetch_add(1, Relaxed),
+        };
+        self.sum_micros
+            .fetch_add((value * 1e6).round() as u64, Relaxed);
+    }
+}

@@ -37,7 +37,9 @@ use tokio_util::task::TaskTracker;
 
 use rebuff_engine::Values;
 
+use crate::config::SetAction;
 use crate::events::{CommandKind, ExecStats, ExitOutcome, Finished, TriggerRef};
+use crate::firewall::{Firewall, SetRequest};
 use crate::log;
 use crate::metrics::{ActionDone, Metrics};
 
@@ -378,6 +380,9 @@ pub struct ActionJob {
     /// fed to (by name: a reload may move it). The tracker handles it; the
     /// executor never sees it.
     pub send_to: Option<Arc<str>>,
+    /// `type: nftables|ipset`: the set operation, applied by the firewall
+    /// writer in a batch instead of a child (`argv` is only logged).
+    pub set_action: Option<SetAction>,
 }
 
 impl ActionJob {
@@ -402,6 +407,8 @@ struct Inner {
     stats: ExecStats,
     /// Where [`Finished`] reports go; `None` when nobody waits for them.
     finished: Option<mpsc::UnboundedSender<Finished>>,
+    /// Where set operations go (a reload may start one).
+    firewall: std::sync::RwLock<Option<Firewall>>,
 }
 
 impl Executor {
@@ -410,6 +417,16 @@ impl Executor {
     /// Jobs with an [`owner`](ActionJob::owner) are reported to `finished`
     /// when they end.
     pub fn new(concurrency: i64, finished: Option<mpsc::UnboundedSender<Finished>>) -> Self {
+        Self::with_firewall(concurrency, finished, None)
+    }
+
+    /// [`Executor::new`], with the writer that applies set operations
+    /// (actions of `type: nftables|ipset`).
+    pub fn with_firewall(
+        concurrency: i64,
+        finished: Option<mpsc::UnboundedSender<Finished>>,
+        firewall: Option<Firewall>,
+    ) -> Self {
         let limit = match concurrency {
             c if c < 0 => None,
             0 => Some(std::thread::available_parallelism().map_or(1, usize::from)),
@@ -423,6 +440,7 @@ impl Executor {
                 tracker: TaskTracker::new(),
                 stats: ExecStats::default(),
                 finished,
+                firewall: std::sync::RwLock::new(firewall),
             }),
         }
     }
@@ -434,11 +452,71 @@ impl Executor {
     /// Must be called from within a tokio runtime.
     pub fn spawn(&self, job: ActionJob) {
         self.inner.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if job.set_action.is_some() {
+            self.submit_set_operation(job);
+            return;
+        }
         // The task is `execute`'s future itself, with no wrapper holding a
         // second copy of the job: about 300 bytes per queued action.
         self.inner
             .tracker
             .spawn(Arc::clone(&self.inner).execute(job));
+    }
+
+    /// Hands a set operation to the firewall writer; it is reported like
+    /// a child once its batch is applied. No task and no slot of the
+    /// concurrency limit: a restore of a million bans is a few batches.
+    fn submit_set_operation(&self, job: ActionJob) {
+        let started = std::time::Instant::now();
+        let firewall = self.firewall();
+        let request = match (&job.set_action, &firewall) {
+            (Some(action), Some(_)) => {
+                let value = job.values.get(action.slot).map_or("", String::as_str);
+                SetRequest::for_action(action, value)
+            }
+            _ => Err("no firewall writer runs".to_owned()),
+        };
+        match (request, firewall) {
+            (Ok(mut request), Some(firewall)) => {
+                let inner = Arc::clone(&self.inner);
+                // Counts as a running task for `wait_idle` until it is
+                // reported.
+                let token = self.inner.tracker.token();
+                request.done = Some(Box::new(move |outcome: &ExitOutcome| {
+                    inner.set_operation_done(job, outcome, started);
+                    drop(token);
+                }));
+                firewall.submit(request);
+            }
+            (Err(detail), _) => {
+                let outcome = ExitOutcome {
+                    code: 1,
+                    signal: None,
+                    detail: Some(detail),
+                    timed_out: false,
+                };
+                self.inner.set_operation_done(job, &outcome, started);
+            }
+            (Ok(_), None) => unreachable!("a request is only made with a firewall"),
+        }
+    }
+
+    /// The firewall writer, if one runs.
+    pub fn firewall(&self) -> Option<Firewall> {
+        self.inner
+            .firewall
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Installs the firewall writer (a reload that adds the first set).
+    pub fn set_firewall(&self, firewall: Firewall) {
+        *self
+            .inner
+            .firewall
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(firewall);
     }
 
     /// Waits until every action queued with [`spawn`](Self::spawn) has
@@ -482,15 +560,35 @@ impl Inner {
         // carried by every queued job.
         let started = std::time::Instant::now();
         let outcome = Box::pin(run_child(&job.argv, job.timeout, &job.label())).await;
+        drop(permit);
+        stats.running.fetch_sub(1, Ordering::Relaxed);
+        self.report(job, &outcome, started.elapsed());
+        outcome
+    }
+
+    /// A set operation's batch was applied: counted like a child that ran.
+    fn set_operation_done(
+        &self,
+        job: ActionJob,
+        outcome: &ExitOutcome,
+        started: std::time::Instant,
+    ) {
+        let stats = &self.stats;
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
+        stats.started.fetch_add(1, Ordering::Relaxed);
+        self.report(job, outcome, started.elapsed());
+    }
+
+    /// Counts, logs and reports a finished action.
+    fn report(&self, job: ActionJob, outcome: &ExitOutcome, elapsed: Duration) {
+        let stats = &self.stats;
         job.metrics.action_done(&ActionDone {
             action_id: job.action_id,
             values: &job.values,
-            outcome: &outcome,
-            elapsed: started.elapsed(),
+            outcome,
+            elapsed,
             replayed: job.replayed,
         });
-        drop(permit);
-        stats.running.fetch_sub(1, Ordering::Relaxed);
         if outcome.success() {
             stats.succeeded.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -500,7 +598,7 @@ impl Inner {
             stats.timed_out.fetch_add(1, Ordering::Relaxed);
         }
         if !outcome.success() {
-            log::action_failed(&job.stream, &job.filter, &job.action, &outcome);
+            log::action_failed(&job.stream, &job.filter, &job.action, outcome);
         }
         if let (Some(owner), Some(finished)) = (job.owner, &self.finished) {
             // The tracker is gone only once the daemon stops, when nothing
@@ -510,7 +608,6 @@ impl Inner {
                 values: job.values,
             });
         }
-        outcome
     }
 }
 
@@ -544,6 +641,7 @@ mod tests {
             metrics: Default::default(),
             owner: None,
             send_to: None,
+            set_action: None,
         }
     }
 

@@ -1754,6 +1754,7 @@ fn job(
             .timeout_ms
             .map_or(timeout, Duration::from_millis),
         send_to: fs.send_to[action].clone(),
+        set_action: fs.actions[action].set_action.clone(),
     }
 }
 

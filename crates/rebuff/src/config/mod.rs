@@ -97,6 +97,8 @@ pub struct Config {
     pub state_rotation_interval: Option<u64>,
     /// rebuff's `metrics` section; `None` means no endpoint.
     pub metrics: Option<MetricsConfig>,
+    /// Kernel sets of `type: nftables|ipset` actions (none: no firewall).
+    pub firewall: FirewallConfig,
     /// Things that are accepted but probably not what the user meant.
     pub warnings: Vec<ConfigError>,
 }
@@ -203,6 +205,115 @@ pub struct Action {
     /// rebuff's `timeout` key: how long the action may run before its
     /// process group is killed; `None` means the default.
     pub timeout_ms: Option<u64>,
+    /// `type: nftables|ipset`: the set operation it is (it runs no
+    /// command; `cmd` is only what its `run` line shows).
+    pub set_action: Option<SetAction>,
+}
+
+/// Which program a kernel set is written with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetBackend {
+    Nftables,
+    Ipset,
+}
+
+impl SetBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            SetBackend::Nftables => "nftables",
+            SetBackend::Ipset => "ipset",
+        }
+    }
+}
+
+/// Adding to a set, or deleting from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SetOp {
+    Add,
+    Delete,
+}
+
+/// An action of `type: nftables` or `type: ipset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAction {
+    pub backend: SetBackend,
+    /// Index in [`FirewallConfig::sets`].
+    pub set: usize,
+    pub op: SetOp,
+    /// Which match value is the address.
+    pub slot: usize,
+    /// For an add: the element's timeout in the kernel, taken from the
+    /// `after` of the filter's delete from the same set, so the ban ends
+    /// even if rebuff is not running then.
+    pub kernel_timeout_ms: Option<u64>,
+    /// The kernel sets for IPv4 and IPv6 addresses (named here, so a job
+    /// made under one configuration never lands in a set of another).
+    pub v4: Option<std::sync::Arc<str>>,
+    pub v6: Option<std::sync::Arc<str>>,
+}
+
+/// One set of the configuration (`options.set`), as one kernel set per
+/// address family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallSet {
+    pub backend: SetBackend,
+    /// The name in `options.set`.
+    pub name: String,
+    pub v4: Option<KernelSet>,
+    pub v6: Option<KernelSet>,
+    /// ipset: the iptables/ip6tables chains whose rule drops the set's
+    /// sources.
+    pub chains: Vec<String>,
+    /// ipset: the rules' target.
+    pub target: String,
+    /// ipset: the set's default element timeout in seconds (`timeout`
+    /// option); 0 is permanent.
+    pub default_timeout_s: u64,
+}
+
+impl FirewallSet {
+    /// The kernel set for an address of this family, if the set has one.
+    pub fn kernel_set(&self, v6: bool) -> Option<&KernelSet> {
+        if v6 {
+            self.v6.as_ref()
+        } else {
+            self.v4.as_ref()
+        }
+    }
+}
+
+/// One kernel set: its name and whether it holds prefixes (a masked
+/// pattern) rather than single addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSet {
+    pub name: String,
+    pub interval: bool,
+}
+
+/// The sets `type: nftables|ipset` actions write, and rebuff's
+/// `firewall` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallConfig {
+    pub sets: Vec<FirewallSet>,
+    /// The nftables table (family `inet`) holding the sets and chains.
+    pub table: String,
+    /// How often the kernel sets are compared with rebuff's state and
+    /// repaired; `None` disables it.
+    pub reconcile_ms: Option<u64>,
+    /// Delete the sets and rules at stop (by default they are kept, so a
+    /// restart opens no window).
+    pub remove_on_stop: bool,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            sets: Vec::new(),
+            table: "reaction".to_owned(),
+            reconcile_ms: Some(5 * 60 * 1000),
+            remove_on_stop: false,
+        }
+    }
 }
 
 /// One argv element: literal text with `<pattern>` holes.

@@ -24,7 +24,9 @@ use rebuff_engine::{
 };
 
 use super::tree::{Key, Loc, Node, Value};
-use super::{Action, ArgPart, ArgTemplate, Config, ConfigError, ConfigErrors, Filter, Stream};
+use super::{
+    Action, ArgPart, ArgTemplate, Config, ConfigError, ConfigErrors, Filter, SetBackend, Stream,
+};
 
 const TOP_KEYS: &[&str] = &[
     "patterns",
@@ -36,6 +38,7 @@ const TOP_KEYS: &[&str] = &[
     "state_rotation_interval",
     "plugins",
     "metrics",
+    "firewall",
     DEFINITIONS,
 ];
 /// reaction's example configuration keeps its YAML anchors under this key
@@ -66,12 +69,8 @@ const ACTION_KEYS: &[&str] = &[
     "cmd", "after", "onexit", "oneshot", "ipv4only", "ipv6only", "timeout", "type", "options",
 ];
 const PLUGIN_KEYS: &[&str] = &["path", "check_root", "systemd", "systemd_options"];
-/// reaction's plugins whose types rebuff builds in (the nftables and ipset
-/// action types are not built in yet: using them is an error).
+/// reaction's plugins whose types rebuff builds in.
 const BUILT_IN_PLUGINS: &[&str] = &["nftables", "ipset", "virtual"];
-/// Action types reaction gets from plugins that rebuff does not build in
-/// yet.
-const NOT_YET_ACTION_TYPES: &[&str] = &["nftables", "ipset"];
 const VIRTUAL_OPTION_KEYS: &[&str] = &["send", "to"];
 
 /// Default and minimum of `state_rotation_interval`, as in reaction.
@@ -130,6 +129,7 @@ pub fn to_json(node: &Node) -> serde_json::Value {
     }
 }
 
+mod firewall;
 mod metrics;
 
 pub use metrics::DEFAULT_LISTEN;
@@ -172,6 +172,8 @@ struct Checker {
     /// Which stream sends lines to which virtual stream, with where it
     /// says so, for the cycle check.
     virtual_edges: Vec<VirtualEdge>,
+    /// The sets `type: nftables|ipset` actions name, in first-use order.
+    firewall_sets: Vec<firewall::SetDraft>,
 }
 
 /// A virtual action of stream `from` sends its lines to stream `to`.
@@ -555,7 +557,7 @@ impl Checker {
         if let Some(node) = get(entries, "plugins") {
             self.plugins(node);
         }
-        let streams = self.streams(entries, root, &patterns);
+        let mut streams = self.streams(entries, root, &patterns);
         let start = get(entries, "start").map_or_else(Vec::new, |n| self.commands(n, "start"));
         let stop = get(entries, "stop").map_or_else(Vec::new, |n| self.commands(n, "stop"));
         let state_directory = get(entries, "state_directory")
@@ -566,6 +568,7 @@ impl Checker {
             .unwrap_or(0);
         let state_rotation_interval = self.rotation(entries);
         let metrics = get(entries, "metrics").and_then(|n| self.metrics(n, &streams));
+        let firewall = self.firewall(get(entries, "firewall"), &mut streams);
 
         Some(Config {
             // Only a valid configuration is ever printed.
@@ -582,6 +585,7 @@ impl Checker {
             concurrency,
             state_rotation_interval,
             metrics,
+            firewall,
             warnings: std::mem::take(&mut self.warnings),
         })
     }
@@ -1229,6 +1233,7 @@ impl Checker {
         });
         let mut action_specs = Vec::new();
         let mut actions = Vec::new();
+        let mut action_locs = Vec::new();
         if let Some(node) = get(entries, "actions") {
             let apath = join(path, "actions");
             if let Some(defs) = self.map(node, &apath, "a map of action names to actions") {
@@ -1242,6 +1247,7 @@ impl Checker {
                     if let Some((spec, action)) = self.action(akey, adef, &action_path, &context) {
                         action_specs.push(spec);
                         actions.push(action);
+                        action_locs.push((akey.loc.clone(), action_path));
                     }
                 }
             }
@@ -1252,6 +1258,7 @@ impl Checker {
         if self.error_count() > errors_before || names.is_none() {
             return None;
         }
+        self.kernel_timeouts(&mut actions, &action_specs, &action_locs);
         let regexes = self
             .strings(get(entries, "regex")?, &join(path, "regex"))?
             .into_iter()
@@ -1441,9 +1448,30 @@ impl Checker {
         let entries = self.map(def, path, "an action (a map with 'cmd')")?;
         self.known_keys(entries, path, ACTION_KEYS);
         let errors_before = self.error_count();
-        let kind = self.plugin_type(entries, path, "action", &["virtual"], NOT_YET_ACTION_TYPES);
+        let kind = self.plugin_type(
+            entries,
+            path,
+            "action",
+            &["virtual", "nftables", "ipset"],
+            &[],
+        );
+        let mut set_action = None;
 
         let (cmd, send_to) = match (kind, get(entries, "cmd")) {
+            (Some(backend @ ("nftables" | "ipset")), _) => {
+                let backend = if backend == "nftables" {
+                    SetBackend::Nftables
+                } else {
+                    SetBackend::Ipset
+                };
+                match self.set_action(backend, key, entries, path, filter) {
+                    Some((cmd, action)) => {
+                        set_action = Some(action);
+                        (Some(cmd), None)
+                    }
+                    None => (None, None),
+                }
+            }
             (Some("virtual"), cmd) => {
                 if cmd.is_some() {
                     let loc = key_loc(entries, "cmd").unwrap_or(&def.loc).clone();
@@ -1547,6 +1575,7 @@ impl Checker {
                 cmd: cmd?,
                 send_to,
                 timeout_ms: timeout,
+                set_action,
             },
         ))
     }
@@ -1893,6 +1922,177 @@ mod tests {
         load_yaml(text).expect_err("invalid").to_string()
     }
 
+    /// A jail banning through a set: `ban` and `unban` are the action
+    /// bodies (12 spaces), `pattern` the ip pattern's body (4 spaces).
+    fn set_jail(pattern: &str, ban: &str, unban: &str) -> String {
+        format!(
+            "patterns:\n  ip:\n{pattern}  user:\n    regex: '\\w+'\nstreams:\n  ssh:\n    cmd: [cat]\n    filters:\n      f:\n        regex: ['<user> from <ip>']\n        actions:\n          ban:\n{ban}          unban:\n{unban}"
+        )
+    }
+
+    const IP_PATTERN: &str = "    type: ip\n";
+    const NFT_BAN: &str =
+        "            type: nftables\n            options: {set: bans, action: add}\n";
+    const NFT_UNBAN: &str = "            type: nftables\n            options: {set: bans, action: delete}\n            after: 1h\n";
+
+    #[test]
+    fn nftables_actions_share_a_set_per_family_with_the_unban_as_timeout() {
+        use crate::config::{SetBackend, SetOp};
+        let config = load_yaml(&set_jail(IP_PATTERN, NFT_BAN, NFT_UNBAN)).expect("valid");
+        let sets = &config.firewall.sets;
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].backend, SetBackend::Nftables);
+        let v4 = sets[0].v4.as_ref().expect("v4");
+        let v6 = sets[0].v6.as_ref().expect("v6");
+        assert_eq!((v4.name.as_str(), v4.interval), ("bansv4", false));
+        assert_eq!((v6.name.as_str(), v6.interval), ("bansv6", false));
+        assert_eq!(config.firewall.table, "reaction");
+        let filter = &config.streams[0].filters[0];
+        let actions = &filter.actions;
+        let ban = actions[0].set_action.as_ref().expect("a set action");
+        assert_eq!(ban.op, SetOp::Add);
+        assert_eq!(
+            filter.pattern_names[ban.slot], "ip",
+            "the ip pattern by default"
+        );
+        assert_eq!(ban.kernel_timeout_ms, Some(3_600_000));
+        assert_eq!(ban.v4.as_deref(), Some("bansv4"));
+        let unban = actions[1].set_action.as_ref().expect("a set action");
+        assert_eq!((unban.op, unban.kernel_timeout_ms), (SetOp::Delete, None));
+        let mut values = vec![String::new(); 2];
+        values[ban.slot] = "192.0.2.1".into();
+        assert_eq!(
+            actions[0].render(&values),
+            ["nftables", "add", "bans", "192.0.2.1"]
+        );
+    }
+
+    #[test]
+    fn a_masked_pattern_makes_an_interval_set_and_ipset_caps_timeouts() {
+        let masked = "    type: ip\n    ipv4mask: 24\n";
+        let config = load_yaml(&set_jail(masked, NFT_BAN, NFT_UNBAN)).expect("valid");
+        let set = &config.firewall.sets[0];
+        assert!(set.v4.as_ref().expect("v4").interval);
+        assert!(!set.v6.as_ref().expect("v6").interval);
+
+        let ban = "            type: ipset\n            options: {set: bans, action: add, chains: [INPUT]}\n";
+        let unban = "            type: ipset\n            options: {set: bans, action: del}\n            after: 30d\n";
+        let config = load_yaml(&set_jail(IP_PATTERN, ban, unban)).expect("valid");
+        let set = &config.firewall.sets[0];
+        assert_eq!(set.chains, ["INPUT"]);
+        assert_eq!(set.target, "DROP");
+        let action = config.streams[0].filters[0].actions[0]
+            .set_action
+            .as_ref()
+            .expect("a set action");
+        assert_eq!(action.kernel_timeout_ms, Some(2_147_483_000));
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.to_string().contains("capped")),
+            "{:?}",
+            config.warnings
+        );
+        // One family keeps the set's own name.
+        let v4 = "    type: ipv4\n";
+        let config = load_yaml(&set_jail(v4, ban, unban)).expect("valid");
+        let set = &config.firewall.sets[0];
+        assert_eq!(set.v4.as_ref().map(|k| k.name.as_str()), Some("bans"));
+        assert!(set.v6.is_none());
+    }
+
+    #[test]
+    fn set_actions_are_checked() {
+        for (ban, expected) in [
+            (
+                "            type: nftables\n",
+                "c.yml:13:11: streams.ssh.filters.f.actions.ban: a nftables action needs options",
+            ),
+            (
+                "            type: nftables\n            options: {action: add}\n",
+                "actions.ban.options: a nftables action needs 'set'",
+            ),
+            (
+                "            type: nftables\n            options: {set: 'b;flush ruleset'}\n",
+                "options.set: set name \"b;flush ruleset\" is not accepted",
+            ),
+            (
+                "            type: ipset\n            options: {set: a_very_long_ipset_name_of_40_chars}\n",
+                "is too long: ipset sets take at most 29 characters",
+            ),
+            (
+                "            type: nftables\n            options: {set: bans, pattern: user}\n",
+                "options.pattern: pattern 'user' is not of type ip, ipv4 or ipv6",
+            ),
+            (
+                "            type: nftables\n            options: {set: bans, pattern: host}\n",
+                "the filter's regexes capture no pattern 'host' (they capture: ",
+            ),
+            (
+                "            type: nftables\n            cmd: [nft]\n            options: {set: bans}\n",
+                "actions.ban.cmd: a nftables action runs no command",
+            ),
+            (
+                "            type: ipset\n            options: {set: bans, action: delete}\n",
+                "unknown set action 'delete' (accepted: add, del)",
+            ),
+            (
+                "            type: ipset\n            options: {set: bans, target: DROP, version: 5}\n",
+                "options.version: unknown ip version (accepted: 4, 6, 46)",
+            ),
+            (
+                "            type: ipset\n            options: {set: bans, target: REJECT}\n",
+                "set 'bans' gets \"DROP\" here but \"REJECT\" at streams.ssh.filters.f.actions.ban.options.target",
+            ),
+            (
+                "            type: ipset\n            options: {set: bans, version: 4}\n",
+                "set 'bans' is for IP version 4 only, but an action feeds it addresses of the other version",
+            ),
+        ] {
+            let unban = if expected.contains("gets") {
+                "            type: ipset\n            options: {set: bans, action: del, target: DROP}\n            after: 1h\n"
+            } else {
+                "            cmd: [unban, '<ip>']\n            after: 1h\n"
+            };
+            let err = rejected(&set_jail(IP_PATTERN, ban, unban));
+            assert!(err.contains(expected), "{expected}\nnot in:\n{err}");
+        }
+        // No ip pattern in the filter, and none named.
+        let text =
+            set_jail(IP_PATTERN, NFT_BAN, NFT_UNBAN).replace("<user> from <ip>", "<user> failed");
+        let err = rejected(&text);
+        assert!(err.contains("a set action needs an address"), "{err}");
+    }
+
+    #[test]
+    fn the_firewall_section_is_checked() {
+        let base = set_jail(IP_PATTERN, NFT_BAN, NFT_UNBAN);
+        let config = load_yaml(&format!(
+            "firewall:\n  reconcile: 1m\n  remove_on_stop: true\n  table: rebuff\n{base}"
+        ))
+        .expect("valid");
+        assert_eq!(config.firewall.reconcile_ms, Some(60_000));
+        assert!(config.firewall.remove_on_stop);
+        assert_eq!(config.firewall.table, "rebuff");
+        let config = load_yaml(&format!("firewall:\n  reconcile: null\n{base}")).expect("valid");
+        assert_eq!(config.firewall.reconcile_ms, None);
+        for (section, expected) in [
+            (
+                "firewall:\n  reconcile: 0s\n",
+                "firewall.reconcile: reconcile must be longer than 0",
+            ),
+            (
+                "firewall:\n  table: 'a b'\n",
+                "firewall.table: table name \"a b\" is not accepted",
+            ),
+            ("firewall:\n  tabel: x\n", "firewall.tabel: unknown key"),
+        ] {
+            let err = rejected(&format!("{section}{base}"));
+            assert!(err.contains(expected), "{expected}\nnot in:\n{err}");
+        }
+    }
+
     #[test]
     fn a_virtual_action_sends_a_template_to_a_virtual_stream() {
         let config = load_yaml(&recidive(TELL, RECIDIVE)).expect("valid");
@@ -1938,12 +2138,8 @@ mod tests {
                 "options.too: unknown key 'too'",
             ),
             (
-                "            type: nftables\n            options: {set: bans, action: add}\n",
-                "c.yml:14:19: streams.ssh.filters.f.actions.tell.type: action type 'nftables' is not built into rebuff yet (accepted: cmd, virtual)",
-            ),
-            (
-                "            type: ipset\n            options: {set: bans}\n",
-                "action type 'ipset' is not built into rebuff yet",
+                "            type: nftables\n            options: {set: bans, action: remove}\n",
+                "c.yml:15:42: streams.ssh.filters.f.actions.tell.options.action: unknown set action 'remove' (accepted: add, delete)",
             ),
             (
                 "            type: cluster_send\n            options: {}\n",

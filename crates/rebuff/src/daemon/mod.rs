@@ -28,6 +28,7 @@ use crate::config::MetricsConfig;
 use crate::control;
 use crate::events::{CommandKind, MatchBatch, now_ms};
 use crate::exec::{self, Executor};
+use crate::firewall::Firewall;
 use crate::log;
 use crate::metrics::http::{self, Format, RenderFuture};
 use crate::metrics::webconfig::WebConfig;
@@ -113,6 +114,16 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         None => None,
     };
 
+    // The sets exist before anything runs that could fill them: the start
+    // commands may refer to them, and restored bans go into them.
+    let firewall = match Firewall::start(config.firewall.clone()).await {
+        Ok(firewall) => firewall,
+        Err(error) => {
+            tracing::error!("{error}; not starting");
+            return Ok(Exit::StartFailed);
+        }
+    };
+
     if let Err(failed) = exec::run_commands(
         CommandKind::Start,
         &config.start,
@@ -126,7 +137,7 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
     }
 
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
-    let executor = Executor::new(config.concurrency, Some(finished_tx));
+    let executor = Executor::with_firewall(config.concurrency, Some(finished_tx), firewall);
     let (reload_request_tx, mut reload_request_rx) = mpsc::channel(1);
     let (tracker_reload_tx, tracker_reload_rx) = mpsc::channel(1);
     let mut tracker = Tracker::new(TrackerDeps {
@@ -186,6 +197,7 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
         tracker: tracker_reload_tx,
         matches: match_tx.downgrade(),
         metrics: current_metrics.clone(),
+        executor: executor.clone(),
     };
     // Only the streams hold senders now: the tracker sees the channel close
     // when the last stream ends.
@@ -269,6 +281,9 @@ async fn run_async(config: Arc<Config>, options: StartOptions) -> anyhow::Result
     .await
     {
         tracing::warn!(error = %failed, "a stop command failed");
+    }
+    if let Some(firewall) = executor.firewall() {
+        firewall.stop().await;
     }
     shutdown.cancel();
     let _ = server.await;
@@ -387,8 +402,9 @@ fn render_fn(
             // The snapshot's indices are those of the tracker's counters,
             // which a reload may have replaced meanwhile.
             let metrics = snapshot.metrics.clone().unwrap_or(metrics);
+            let firewall = executor.firewall().map(|f| Arc::clone(f.stats()));
             let body = tokio::task::spawn_blocking(move || {
-                metrics.render(format, &snapshot, executor.stats())
+                metrics.render_all(format, &snapshot, executor.stats(), firewall.as_deref())
             })
             .await
             .context("rendering the metrics failed")?;
@@ -412,6 +428,8 @@ struct Reloader {
     matches: mpsc::WeakSender<MatchBatch>,
     /// The counters scrapes render (a reload replaces them).
     metrics: Arc<Mutex<Arc<Metrics>>>,
+    /// Holds the firewall writer, which a reload sets up for new sets.
+    executor: Executor,
 }
 
 impl Reloader {
@@ -453,6 +471,18 @@ impl Reloader {
             tracing::warn!("{warning}");
         }
         self.warn_about_restart_only_settings(&config);
+        // New sets exist before any action of the new configuration runs;
+        // a set that cannot be set up keeps the running configuration.
+        match self.executor.firewall() {
+            Some(firewall) => firewall.reconfigure(config.firewall.clone()).await,
+            None => Firewall::start(config.firewall.clone())
+                .await
+                .map(|started| started.map_or((), |f| self.executor.set_firewall(f))),
+        }
+        .map_err(|error| {
+            tracing::error!("{error}; the running configuration stays");
+            error.to_string()
+        })?;
         let metrics = Arc::new(Metrics::new(&config));
         let Some(matches) = self.matches.upgrade() else {
             return Err("the daemon is stopping".into());

@@ -24,6 +24,7 @@
 //! - [`http`]: the HTTP endpoint; [`webconfig`]: its TLS and basic auth.
 
 pub mod encode;
+pub mod firewall;
 pub mod http;
 pub mod labels;
 pub mod process;
@@ -575,12 +576,27 @@ impl Metrics {
     /// Writes the whole exposition. Resets the exporter's "since the
     /// previous scrape" families.
     pub fn render(&self, format: Format, pending: &PendingSnapshot, exec: &ExecStats) -> Vec<u8> {
+        self.render_all(format, pending, exec, None)
+    }
+
+    /// [`Metrics::render`], with the firewall writer's families when one
+    /// runs.
+    pub fn render_all(
+        &self,
+        format: Format,
+        pending: &PendingSnapshot,
+        exec: &ExecStats,
+        firewall: Option<&crate::events::FirewallStats>,
+    ) -> Vec<u8> {
         // About 100 bytes per series of the per-address families.
         let series = self.labelled.as_ref().map_or(0, |l| {
             l.matches.len() + l.actions.len() + l.pattern_matches.len() + pending.keys.len()
         });
         let mut e = Encoder::new(format, 64 * 1024 + series * 100);
         self.render_native(&mut e, pending, exec);
+        if let Some(firewall) = firewall {
+            self::firewall::render(&mut e, firewall);
+        }
         if let Some(labelled) = &self.labelled {
             self.render_exporter(&mut e, labelled, pending);
             if labelled.config.export.internals {

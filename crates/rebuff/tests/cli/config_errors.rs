@@ -337,17 +337,17 @@ fn a_plugin_stream_type_is_rejected() {
 }
 
 #[test]
-fn an_action_type_not_built_in_yet_is_rejected() {
+fn a_set_action_with_a_bad_option_is_rejected() {
     assert_rejected(
         "c.yml",
         &with_filter(
             IP,
-            "        regex: ['<ip>']\n        actions:\n          a:\n            type: ipset\n            options: {set: bans}\n",
+            "        regex: ['<ip>']\n        actions:\n          a:\n            type: ipset\n            options: {set: bans, action: remove}\n",
         ),
         &[
-            "c.yml:12:19",
-            "actions.a.type",
-            "'ipset' is not built into rebuff yet",
+            "c.yml:13:",
+            "actions.a.options.action",
+            "unknown set action 'remove' (accepted: add, del)",
         ],
     );
 }
