@@ -146,12 +146,17 @@ pub fn incompatible(listing: &SetListing, wanted: &KernelSet, v6: bool) -> Optio
     None
 }
 
-/// The iptables argv (after the program and the `-C`/`-I`/`-D` verb) of
-/// the rule dropping `kernel`'s sources in `chain`.
-pub fn rule_args(chain: &str, kernel: &KernelSet, target: &str) -> Vec<String> {
-    [
-        "-w",
-        chain,
+/// The iptables argv (after the program) that checks (`-C`), inserts
+/// first (`-I`) or deletes (`-D`) the rule dropping `kernel`'s sources in
+/// `chain`.
+pub fn rule_args(verb: &str, chain: &str, kernel: &KernelSet, target: &str) -> Vec<String> {
+    let mut args = vec!["-w", verb, chain];
+    if verb == "-I" {
+        // First in the chain, so an earlier accept cannot let a banned
+        // source through.
+        args.push("1");
+    }
+    args.extend([
         "-m",
         "set",
         "--match-set",
@@ -159,10 +164,8 @@ pub fn rule_args(chain: &str, kernel: &KernelSet, target: &str) -> Vec<String> {
         "src",
         "-j",
         target,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+    ]);
+    args.into_iter().map(str::to_owned).collect()
 }
 
 /// The program that holds the rules of a family.

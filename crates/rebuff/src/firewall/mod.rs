@@ -843,17 +843,13 @@ async fn setup(config: &FirewallConfig) -> Result<(), FirewallError> {
         }
         let program = ipset::iptables(v6);
         for chain in &set.chains {
-            let rule = ipset::rule_args(chain, kernel, &set.target);
-            let mut check = vec!["-C"];
-            check.extend(rule.iter().map(String::as_str));
+            let check = ipset::rule_args("-C", chain, kernel, &set.target);
+            let check: Vec<&str> = check.iter().map(String::as_str).collect();
             if run_program(program, &check, None).await.is_ok() {
                 continue;
             }
-            // First in the chain, so an earlier accept cannot let a banned
-            // source through.
-            let mut insert = vec!["-I"];
-            insert.extend(rule.iter().map(String::as_str));
-            insert.insert(3, "1");
+            let insert = ipset::rule_args("-I", chain, kernel, &set.target);
+            let insert: Vec<&str> = insert.iter().map(String::as_str).collect();
             run_program(program, &insert, None)
                 .await
                 .map_err(|e| FirewallError::Setup {
@@ -873,9 +869,8 @@ async fn teardown(config: &FirewallConfig) -> Result<(), String> {
     for (set, kernel, v6) in ipset::sets(config) {
         let program = ipset::iptables(v6);
         for chain in &set.chains {
-            let rule = ipset::rule_args(chain, kernel, &set.target);
-            let mut delete = vec!["-D"];
-            delete.extend(rule.iter().map(String::as_str));
+            let delete = ipset::rule_args("-D", chain, kernel, &set.target);
+            let delete: Vec<&str> = delete.iter().map(String::as_str).collect();
             // At most a few copies (added by hand): stop when none is left.
             for _ in 0..16 {
                 if run_program(program, &delete, None).await.is_err() {

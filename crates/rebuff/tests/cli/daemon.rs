@@ -94,7 +94,13 @@ impl Site {
     }
 
     pub fn start(&self) -> Daemon {
-        let daemon = self.spawn();
+        self.start_with(&[])
+    }
+
+    /// Starts the daemon under a wrapper that execs it (`ip netns exec
+    /// NAME`), and waits for its socket.
+    pub fn start_with(&self, wrapper: &[&str]) -> Daemon {
+        let daemon = self.spawn_with(wrapper);
         let socket = daemon.socket.clone();
         let mut daemon = daemon;
         wait_until("the control socket", || {
@@ -109,12 +115,21 @@ impl Site {
         daemon
     }
 
-    /// Starts the daemon without waiting for it.
-    fn spawn(&self) -> Daemon {
+    /// Starts the daemon, under `wrapper` if not empty, without waiting
+    /// for it.
+    pub fn spawn_with(&self, wrapper: &[&str]) -> Daemon {
         let out = std::fs::File::create(self.path("daemon.out")).expect("create daemon.out");
         let err = out.try_clone().expect("clone daemon.out");
         let socket = self.path("rebuff.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_rebuff"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_rebuff"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rebuff")),
+        };
+        let child = command
             .args(["start", "-l", "DEBUG", "-c"])
             .arg(self.path("config.yml"))
             .arg("-s")
@@ -200,7 +215,7 @@ impl Daemon {
         rustix::process::kill_process(pid, signal).expect("signal the daemon");
     }
 
-    fn wait(&mut self) -> ExitStatus {
+    pub fn wait(&mut self) -> ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -522,7 +537,7 @@ fn a_failing_start_command_stops_startup_with_its_output() {
         "patterns:",
         "start:\n  - ['true']\n  - ['sh', '-c', 'echo chain exists >&2; exit 4']\n  - ['touch', '{dir}/never']\npatterns:",
     ));
-    let mut daemon = site.spawn();
+    let mut daemon = site.spawn_with(&[]);
     let status = daemon.wait();
     let out = daemon.output();
     assert!(!status.success(), "{out}");
@@ -726,7 +741,7 @@ fn the_daemon_exits_when_every_stream_ends_after_onexit_and_stop_commands() {
             ),
     );
     site.log_lines(&[failed_login("192.0.2.3"), failed_login("192.0.2.3")]);
-    let mut daemon = site.spawn();
+    let mut daemon = site.spawn_with(&[]);
     let status = daemon.wait();
     let out = daemon.output();
     assert!(status.success(), "{out}");

@@ -25,6 +25,7 @@ mod daemon;
 mod dashboards;
 mod demo;
 mod exporter_compat;
+mod firewall;
 mod metrics;
 mod ordering;
 mod reload;
