@@ -383,6 +383,10 @@ pub struct ActionJob {
     /// `type: nftables|ipset`: the set operation, applied by the firewall
     /// writer in a batch instead of a child (`argv` is only logged).
     pub set_action: Option<SetAction>,
+    /// A set element added again to push its kernel timeout back (the
+    /// trigger was extended): not an action run, so neither logged as one
+    /// nor counted.
+    pub refresh: bool,
 }
 
 impl ActionJob {
@@ -582,6 +586,17 @@ impl Inner {
     /// Counts, logs and reports a finished action.
     fn report(&self, job: ActionJob, outcome: &ExitOutcome, elapsed: Duration) {
         let stats = &self.stats;
+        if job.refresh {
+            stats.started.fetch_sub(1, Ordering::Relaxed);
+            if !outcome.success() {
+                tracing::warn!(
+                    "{}: could not push back the kernel timeout of {:?}: {outcome}",
+                    job.label(),
+                    job.values
+                );
+            }
+            return;
+        }
         job.metrics.action_done(&ActionDone {
             action_id: job.action_id,
             values: &job.values,
@@ -642,6 +657,7 @@ mod tests {
             owner: None,
             send_to: None,
             set_action: None,
+            refresh: false,
         }
     }
 

@@ -49,7 +49,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Action, Config};
+use crate::config::{Action, Config, SetOp};
 use crate::control::{ControlCmd, Request, Response, Selection};
 use crate::events::{ExitOutcome, Finished, Match, MatchBatch, TriggerRef, format_time, now_ms};
 use crate::exec::{ActionJob, Executor};
@@ -1104,6 +1104,29 @@ impl Tracker {
             self.arm(fid, &trigger.values, id, trigger.time, action);
         }
         self.hand_over(fid, &trigger.values, id, &immediate, false);
+        self.refresh_kernel_timeouts(fid, &trigger.values);
+    }
+
+    /// Under `extend` the ban does not run again, but what it put in a
+    /// kernel set with a timeout would leave the set at the old time, before
+    /// the moved unban: it is added again with its full timeout, quietly
+    /// (no `run` line, not counted as an action).
+    fn refresh_kernel_timeouts(&mut self, fid: usize, values: &Values) {
+        let fs = &self.filters[fid];
+        for (action, spec) in fs.actions.iter().enumerate() {
+            let refreshes = spec
+                .set_action
+                .as_ref()
+                .is_some_and(|s| s.op == SetOp::Add && s.kernel_timeout_ms.is_some());
+            if refreshes
+                && !fs.is_delayed(action)
+                && fs.decider.plan().action_applies(action, values)
+            {
+                let mut job = job(fs, action, values, self.action_timeout, false, None);
+                job.refresh = true;
+                self.ready.push(job);
+            }
+        }
     }
 
     /// Hands over immediate actions of a trigger, which its delayed actions
@@ -1287,7 +1310,9 @@ impl Tracker {
         while !self.ready.is_empty() {
             let mut fed = false;
             for job in std::mem::take(&mut self.ready) {
-                self.report.actions += 1;
+                if !job.refresh {
+                    self.report.actions += 1;
+                }
                 let Some(to) = &job.send_to else {
                     self.executor.spawn(job);
                     continue;
@@ -1755,6 +1780,7 @@ fn job(
             .map_or(timeout, Duration::from_millis),
         send_to: fs.send_to[action].clone(),
         set_action: fs.actions[action].set_action.clone(),
+        refresh: false,
     }
 }
 

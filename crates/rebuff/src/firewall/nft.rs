@@ -81,12 +81,14 @@ pub fn teardown_script(config: &FirewallConfig) -> String {
 }
 
 /// Appends the lines adding `element` (with a timeout in seconds, if any).
+/// An element already there gets its expiry reset: the kernel updates it
+/// only when the timeout differs or `expires` is given, so both are.
 pub fn add(out: &mut String, table: &str, set: &str, element: Element, timeout_s: Option<u64>) {
     match timeout_s {
         Some(s) => {
             let _ = writeln!(
                 out,
-                "add element inet {table} {set} {{ {element} timeout {s}s }}"
+                "add element inet {table} {set} {{ {element} timeout {s}s expires {s}s }}"
             );
         }
         None => {
@@ -306,7 +308,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "add element inet t s { 2001:db8::/64 timeout 3600s }\n"
+            "add element inet t s { 2001:db8::/64 timeout 3600s expires 3600s }\n"
         );
     }
 

@@ -117,6 +117,20 @@ impl Netns {
         elements
     }
 
+    /// Seconds until `element` of `set` expires, if it is there with a
+    /// timeout.
+    fn nft_expires(&self, set: &str, element: &str) -> Option<u64> {
+        let out = self.exec(&["nft", "-j", "list", "set", "inet", "reaction", set]);
+        let json: Value = serde_json::from_slice(&out.stdout).ok()?;
+        json["nftables"]
+            .as_array()?
+            .iter()
+            .flat_map(|item| item["set"]["elem"].as_array().into_iter().flatten())
+            .filter_map(|elem| elem.get("elem"))
+            .find(|inner| inner["val"] == element)
+            .and_then(|inner| inner["expires"].as_u64())
+    }
+
     fn nft_has(&self, set: &str, element: &str) -> bool {
         self.nft_set(set).iter().any(|(e, _)| e == element)
     }
@@ -248,6 +262,35 @@ fn two_thousand_bans_reach_the_kernel_with_their_timeouts() {
     assert!(
         out.contains(r#"INFO ssh.failed.ban: run ["nftables" "add" "bans" "10.0.0.1"]"#),
         "the reaction-compatible run line of each element:\n{out}"
+    );
+}
+
+/// Under `extend` a new match moves the unban later; the element's kernel
+/// timeout moves with it, or the kernel would end the ban early.
+#[test]
+fn an_extended_ban_pushes_its_kernel_timeout_back() {
+    let Some(ns) = Netns::new("an_extended_ban_pushes_its_kernel_timeout_back", &[]) else {
+        return;
+    };
+    let site = Site::new();
+    nft_jail(&site, "20s", "null");
+    let daemon = site.start_with(&ns.wrapper());
+    let ip = "192.0.2.60";
+    site.log_lines(&[failed_login(ip)]);
+    wait_until("the ban", || ns.nft_has("bansv4", ip));
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    // Without a refresh it expires in 15 s at most by now.
+    assert!(ns.nft_expires("bansv4", ip).is_some_and(|s| s <= 15));
+    site.log_lines(&[failed_login(ip)]);
+    wait_until("the pushed-back expiry", || {
+        ns.nft_expires("bansv4", ip).is_some_and(|s| s > 16)
+    });
+    let out = daemon.stop();
+    assert_eq!(
+        out.matches(r#"ssh.failed.ban: run ["nftables" "add" "bans" "192.0.2.60"]"#)
+            .count(),
+        1,
+        "a refresh is no action run:\n{out}"
     );
 }
 
