@@ -246,6 +246,10 @@ pub struct SetAction {
     /// `after` of the filter's delete from the same set, so the ban ends
     /// even if rebuff is not running then.
     pub kernel_timeout_ms: Option<u64>,
+    /// For an add with a kernel timeout: how long rebuff holds the element
+    /// (the delete's delay). Longer than the kernel timeout only where
+    /// ipset caps it; reconcile then adds the element again until then.
+    pub hold_ms: Option<u64>,
     /// The kernel sets for IPv4 and IPv6 addresses (named here, so a job
     /// made under one configuration never lands in a set of another).
     pub v4: Option<std::sync::Arc<str>>,

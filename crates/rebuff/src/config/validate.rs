@@ -132,6 +132,7 @@ pub fn to_json(node: &Node) -> serde_json::Value {
 mod firewall;
 mod metrics;
 
+pub use firewall::IPSET_MAX_TIMEOUT_S;
 pub use metrics::DEFAULT_LISTEN;
 
 type Entries = [(Key, Node)];

@@ -77,8 +77,12 @@ pub struct SetRequest {
     pub set: Arc<str>,
     pub element: Element,
     pub op: SetOp,
-    /// For an add: the element's timeout, in milliseconds.
+    /// For an add: the element's timeout in the kernel, in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// For an add: how long rebuff holds the element, when longer than
+    /// its kernel timeout (ipset's cap): reconcile adds it again until
+    /// then.
+    pub hold_ms: Option<u64>,
     pub done: Option<Completion>,
 }
 
@@ -119,6 +123,10 @@ impl SetRequest {
             op: action.op,
             timeout_ms: match action.op {
                 SetOp::Add => action.kernel_timeout_ms,
+                SetOp::Delete => None,
+            },
+            hold_ms: match action.op {
+                SetOp::Add => action.hold_ms,
                 SetOp::Delete => None,
             },
             done: None,
@@ -288,6 +296,9 @@ fn backend_index(backend: SetBackend) -> usize {
     }
 }
 
+/// ipset's longest element timeout.
+const IPSET_MAX_TIMEOUT_MS: u64 = crate::config::validate::IPSET_MAX_TIMEOUT_S * 1000;
+
 /// Whole seconds, at least one, for a kernel timeout.
 fn timeout_seconds(ms: u64) -> u64 {
     ms.div_ceil(1000).max(1)
@@ -386,7 +397,8 @@ impl Writer {
                 match request.op {
                     SetOp::Add => {
                         let until = request
-                            .timeout_ms
+                            .hold_ms
+                            .or(request.timeout_ms)
                             .map_or(Expiry::MAX, |ms| now.saturating_add(ms));
                         members.insert(request.element, until);
                     }
@@ -580,12 +592,21 @@ impl Writer {
             let mut requests = Vec::new();
             for (element, until) in members.iter() {
                 if !kernel.contains_key(element) {
+                    let remaining = (*until != Expiry::MAX).then(|| until - now);
+                    let cap = match backend {
+                        SetBackend::Ipset => Some(IPSET_MAX_TIMEOUT_MS),
+                        SetBackend::Nftables => None,
+                    };
                     requests.push(SetRequest {
                         backend,
                         set: Arc::clone(&set),
                         element: *element,
                         op: SetOp::Add,
-                        timeout_ms: (*until != Expiry::MAX).then(|| until - now),
+                        timeout_ms: match (remaining, cap) {
+                            (Some(r), Some(cap)) => Some(r.min(cap)),
+                            (remaining, _) => remaining,
+                        },
+                        hold_ms: remaining,
                         done: None,
                     });
                 }
@@ -599,6 +620,7 @@ impl Writer {
                         element: *element,
                         op: SetOp::Delete,
                         timeout_ms: None,
+                        hold_ms: None,
                         done: None,
                     });
                 }
@@ -622,6 +644,7 @@ impl Writer {
                         element: r.element,
                         op: r.op,
                         timeout_ms: r.timeout_ms,
+                        hold_ms: r.hold_ms,
                         done: None,
                     })
                     .collect();

@@ -435,6 +435,48 @@ state_directory: {dir}/state
     assert!(!out.contains("ERROR"), "{out}");
 }
 
+/// One element the kernel refuses (an address inside a prefix of an
+/// interval set without auto-merge) fails alone: the rest of its batch is
+/// applied, and its action is reported failed.
+#[test]
+fn a_refused_element_fails_alone_and_its_batch_goes_in() {
+    let Some(ns) = Netns::new("a_refused_element_fails_alone", &[]) else {
+        return;
+    };
+    let site = Site::new();
+    site.config(
+        &NFT_JAIL
+            .replace("{after}", "1h")
+            .replace("{reconcile}", "null")
+            .replace("options: {set: bans, action: add}\n          unban:\n            type: nftables\n            options: {set: bans, action: delete}\n            after: 1h", "options: {set: nets, action: add}"),
+    );
+    let daemon = site.start_with(&ns.wrapper());
+    site.log_lines(&["sshd[1]: Invalid user bob from 203.0.113.77 port 1".to_owned()]);
+    wait_until("the prefix", || ns.nft_has("netsv4", "203.0.113.0/24"));
+    site.log_lines(&[
+        failed_login("198.51.100.1"),
+        failed_login("203.0.113.5"),
+        failed_login("198.51.100.2"),
+        failed_login("198.51.100.3"),
+    ]);
+    wait_until("the others", || {
+        ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+            .iter()
+            .all(|ip| ns.nft_has("netsv4", ip))
+    });
+    wait_until("the failure reported", || {
+        daemon
+            .output()
+            .contains("ERROR ssh.failed.ban: action failed")
+    });
+    let out = daemon.stop();
+    assert_eq!(
+        out.matches("ERROR ssh.failed.ban: action failed").count(),
+        1,
+        "{out}"
+    );
+}
+
 #[test]
 fn an_existing_set_that_does_not_fit_stops_the_start_with_a_clear_error() {
     let Some(ns) = Netns::new("an_existing_set_that_does_not_fit", &[]) else {

@@ -182,6 +182,7 @@ impl Checker {
                 op,
                 slot,
                 kernel_timeout_ms: None,
+                hold_ms: None,
                 // Named once every action is read: see `name_kernel_sets`.
                 v4: None,
                 v6: None,
@@ -484,6 +485,7 @@ impl Checker {
                 timeout
             };
             set_action.kernel_timeout_ms = Some(capped);
+            set_action.hold_ms = Some(timeout);
         }
     }
 
