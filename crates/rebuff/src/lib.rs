@@ -15,6 +15,8 @@
 //! - [`store`]: the persisted state, an append-only log with group commit.
 //! - [`exec`]: actions and start/stop commands as argv children, with a
 //!   concurrency limit and timeouts.
+//! - [`firewall`]: reaction's `nftables` and `ipset` action types: one
+//!   batching writer of kernel sets, setup, restore and reconcile.
 //! - [`control`]: the Unix socket protocol, server and client of
 //!   `show`/`flush`/`trigger`/`reload`.
 //! - [`log`]: the `LEVEL message` log on stdout and the reaction-compatible
@@ -28,7 +30,7 @@
 //!
 //! Dependencies point down: the CLI (`main`, [`cli`], [`check`],
 //! [`replay`], [`control::client`]) on top, then the runtime ([`daemon`],
-//! [`stream`], [`tracker`], [`exec`], [`control::server`]), then
+//! [`stream`], [`tracker`], [`exec`], [`firewall`], [`control::server`]), then
 //! [`metrics`], [`log`] and [`store`], then [`events`], [`config`] and the
 //! engine.
 

@@ -1,4 +1,4 @@
-//! A set element: one address or one prefix, in 18 bytes.
+//! A set element: one address or one prefix, as bits (no string).
 //!
 //! Pattern values of ip-typed patterns are already normalised
 //! (`192.0.2.1`, `2001:db8::1`, `198.51.100.0/24` for a masked pattern),
