@@ -278,8 +278,15 @@ fn failure(detail: String) -> ExitOutcome {
     }
 }
 
-/// Until when rebuff holds an element in a set; `u64::MAX` is no end.
-type Expiry = u64;
+/// Until when rebuff holds an element in a set, in seconds since the
+/// epoch (4 bytes beside an 18-byte element); `u32::MAX` is no end.
+type Expiry = u32;
+
+/// The expiry `ms` milliseconds after `now`, rounded up to a second.
+fn expiry_after(now: u64, ms: u64) -> Expiry {
+    let seconds = now.saturating_add(ms).div_ceil(1000);
+    Expiry::try_from(seconds).unwrap_or(Expiry::MAX - 1)
+}
 
 struct Writer {
     config: Arc<FirewallConfig>,
@@ -399,7 +406,7 @@ impl Writer {
                         let until = request
                             .hold_ms
                             .or(request.timeout_ms)
-                            .map_or(Expiry::MAX, |ms| now.saturating_add(ms));
+                            .map_or(Expiry::MAX, |ms| expiry_after(now, ms));
                         members.insert(request.element, until);
                     }
                     SetOp::Delete => {
@@ -588,11 +595,13 @@ impl Writer {
             let kernel: HashMap<Element, Option<u64>, RandomState> = kernel.into_iter().collect();
             let members = self.members.entry((backend, Arc::clone(&set))).or_default();
             // An element past its time has left the kernel by itself.
-            members.retain(|_, until| *until > now);
+            let now_s = Expiry::try_from(now / 1000).unwrap_or(Expiry::MAX - 1);
+            members.retain(|_, until| *until > now_s);
             let mut requests = Vec::new();
             for (element, until) in members.iter() {
                 if !kernel.contains_key(element) {
-                    let remaining = (*until != Expiry::MAX).then(|| until - now);
+                    let remaining = (*until != Expiry::MAX)
+                        .then(|| (u64::from(*until) * 1000).saturating_sub(now));
                     let cap = match backend {
                         SetBackend::Ipset => Some(IPSET_MAX_TIMEOUT_MS),
                         SetBackend::Nftables => None,
