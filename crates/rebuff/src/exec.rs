@@ -482,6 +482,10 @@ impl Executor {
         };
         match (request, firewall) {
             (Ok(mut request), Some(firewall)) => {
+                if job.refresh {
+                    let margin = job.set_action.as_ref().map_or(0, |a| a.kernel_margin_ms);
+                    request.refresh_slack_ms = Some(margin / 2);
+                }
                 let inner = Arc::clone(&self.inner);
                 // Counts as a running task for `wait_idle` until it is
                 // reported.

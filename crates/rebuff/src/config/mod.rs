@@ -250,6 +250,10 @@ pub struct SetAction {
     /// (the delete's delay). Longer than the kernel timeout only where
     /// ipset caps it; reconcile then adds the element again until then.
     pub hold_ms: Option<u64>,
+    /// How much longer than the delete's delay the kernel timeout is (so
+    /// the kernel never ends a ban first); an `extend` re-adds the element
+    /// only once it moved the unban by half of this.
+    pub kernel_margin_ms: u64,
     /// The kernel sets for IPv4 and IPv6 addresses (named here, so a job
     /// made under one configuration never lands in a set of another).
     pub v4: Option<std::sync::Arc<str>>,

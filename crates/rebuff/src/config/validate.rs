@@ -1956,7 +1956,9 @@ mod tests {
             filter.pattern_names[ban.slot], "ip",
             "the ip pattern by default"
         );
-        assert_eq!(ban.kernel_timeout_ms, Some(3_600_000));
+        // The unban's hour and a tenth of it.
+        assert_eq!(ban.kernel_timeout_ms, Some(3_960_000));
+        assert_eq!(ban.kernel_margin_ms, 360_000);
         assert_eq!(ban.v4.as_deref(), Some("bansv4"));
         let unban = actions[1].set_action.as_ref().expect("a set action");
         assert_eq!((unban.op, unban.kernel_timeout_ms), (SetOp::Delete, None));
@@ -1987,6 +1989,7 @@ mod tests {
             .as_ref()
             .expect("a set action");
         assert_eq!(action.kernel_timeout_ms, Some(2_147_483_000));
+        assert_eq!(action.hold_ms, Some(30 * 86_400_000 + 600_000));
         assert!(
             config
                 .warnings

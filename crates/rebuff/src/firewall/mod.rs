@@ -83,6 +83,10 @@ pub struct SetRequest {
     /// its kernel timeout (ipset's cap): reconcile adds it again until
     /// then.
     pub hold_ms: Option<u64>,
+    /// A re-add that pushes back the kernel timeout of an extended ban:
+    /// skipped while the element's expiry is no more than this many
+    /// milliseconds short of the new one.
+    pub refresh_slack_ms: Option<u64>,
     pub done: Option<Completion>,
 }
 
@@ -129,6 +133,7 @@ impl SetRequest {
                 SetOp::Add => action.hold_ms,
                 SetOp::Delete => None,
             },
+            refresh_slack_ms: None,
             done: None,
         })
     }
@@ -357,7 +362,10 @@ impl Writer {
                     let started = Instant::now();
                     let mut batch = vec![first];
                     gather(&mut requests, &mut batch).await;
-                    self.apply(batch, started).await;
+                    self.skip_needless_refreshes(&mut batch);
+                    if !batch.is_empty() {
+                        self.apply(batch, started).await;
+                    }
                 }
                 _ = tick(&mut reconcile) => {
                     self.reconcile().await;
@@ -365,6 +373,39 @@ impl Writer {
             }
         }
         self
+    }
+
+    /// Completes, without a program run, the refreshes of elements whose
+    /// kernel expiry is still close enough to the one asked for.
+    fn skip_needless_refreshes(&self, batch: &mut Vec<SetRequest>) {
+        if batch.iter().all(|r| r.refresh_slack_ms.is_none()) {
+            return;
+        }
+        let now = now_ms();
+        let ok = ExitOutcome {
+            code: 0,
+            signal: None,
+            detail: None,
+            timed_out: false,
+        };
+        batch.retain_mut(|request| {
+            let Some(slack) = request.refresh_slack_ms else {
+                return true;
+            };
+            let wanted = request.hold_ms.or(request.timeout_ms).unwrap_or(0);
+            let current = self
+                .members
+                .get(&(request.backend, Arc::clone(&request.set)))
+                .and_then(|m| m.get(&request.element))
+                .map_or(0, |until| u64::from(*until) * 1000);
+            if current.saturating_add(slack) >= now.saturating_add(wanted) {
+                if let Some(done) = request.done.take() {
+                    done(&ok);
+                }
+                return false;
+            }
+            true
+        });
     }
 
     /// Applies a batch: one program run per backend, then each request's
@@ -380,6 +421,13 @@ impl Writer {
             }
             let ops: Vec<&SetRequest> = indices.iter().map(|&i| &batch[i]).collect();
             let results = self.run_batch(backend, &ops).await;
+            tracing::debug!(
+                backend = backend.name(),
+                operations = ops.len(),
+                failed = results.iter().filter(|r| r.is_some()).count(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "set operations applied"
+            );
             let stats = &self.stats.backends[backend_index(backend)];
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats
@@ -616,6 +664,7 @@ impl Writer {
                             (remaining, _) => remaining,
                         },
                         hold_ms: remaining,
+                        refresh_slack_ms: None,
                         done: None,
                     });
                 }
@@ -630,6 +679,7 @@ impl Writer {
                         op: SetOp::Delete,
                         timeout_ms: None,
                         hold_ms: None,
+                        refresh_slack_ms: None,
                         done: None,
                     });
                 }
@@ -654,6 +704,7 @@ impl Writer {
                         op: r.op,
                         timeout_ms: r.timeout_ms,
                         hold_ms: r.hold_ms,
+                        refresh_slack_ms: None,
                         done: None,
                     })
                     .collect();

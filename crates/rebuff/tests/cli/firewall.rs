@@ -230,7 +230,9 @@ fn two_thousand_bans_reach_the_kernel_with_their_timeouts() {
         ns.nft_set("bansv4").len() == 1000 && ns.nft_set("bansv6").len() == 1000
     });
     for (element, timeout) in ns.nft_set("bansv4").iter().chain(&ns.nft_set("bansv6")) {
-        assert_eq!(*timeout, Some(3600), "{element}");
+        // The unban's delay and a tenth of it: the kernel never ends a ban
+        // before rebuff's unban does.
+        assert_eq!(*timeout, Some(3960), "{element}");
     }
     assert!(ns.nft_has("bansv4", &v4(1)) && ns.nft_has("bansv6", &v6(1000)));
     wait_until("the prefixes in nets", || {
@@ -248,7 +250,7 @@ fn two_thousand_bans_reach_the_kernel_with_their_timeouts() {
     wait_until("the short ban", || {
         ns.nft_set("bansv4")
             .iter()
-            .any(|(e, t)| e == "192.0.2.99" && *t == Some(3))
+            .any(|(e, t)| e == "192.0.2.99" && *t == Some(4))
     });
     wait_until("the short unban", || {
         daemon
@@ -279,11 +281,12 @@ fn an_extended_ban_pushes_its_kernel_timeout_back() {
     site.log_lines(&[failed_login(ip)]);
     wait_until("the ban", || ns.nft_has("bansv4", ip));
     std::thread::sleep(std::time::Duration::from_secs(5));
-    // Without a refresh it expires in 15 s at most by now.
-    assert!(ns.nft_expires("bansv4", ip).is_some_and(|s| s <= 15));
+    // 20 s and a 2 s margin: without a refresh it expires in 17 s at
+    // most by now.
+    assert!(ns.nft_expires("bansv4", ip).is_some_and(|s| s <= 17));
     site.log_lines(&[failed_login(ip)]);
     wait_until("the pushed-back expiry", || {
-        ns.nft_expires("bansv4", ip).is_some_and(|s| s > 16)
+        ns.nft_expires("bansv4", ip).is_some_and(|s| s > 18)
     });
     let out = daemon.stop();
     assert_eq!(
@@ -477,6 +480,56 @@ fn a_refused_element_fails_alone_and_its_batch_goes_in() {
     );
 }
 
+/// A reload that brings the first set action sets it up before its
+/// actions run; one whose set does not fit keeps the running configuration.
+#[test]
+fn a_reload_sets_up_new_sets_first() {
+    let Some(ns) = Netns::new("a_reload_sets_up_new_sets_first", &[]) else {
+        return;
+    };
+    let site = Site::new();
+    let with_cmd = concat!(
+        r#"
+state_directory: {dir}/state
+"#,
+        ssh_failed_filter!(),
+        r#"        actions:
+          ban:
+            cmd: ['true']
+"#
+    );
+    site.config(with_cmd);
+    let daemon = site.start_with(&ns.wrapper());
+    assert!(ns.nft_set("bansv4").is_empty());
+    nft_jail(&site, "1h", "null");
+    let out = daemon.client("reload", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    site.log_lines(&[failed_login("192.0.2.70")]);
+    wait_until("the ban in the new set", || {
+        ns.nft_has("bansv4", "192.0.2.70")
+    });
+
+    ns.run(&["nft", "add table inet reaction; add set inet reaction othersv4 { type ipv6_addr; flags timeout; }"]);
+    site.config(
+        &NFT_JAIL
+            .replace("set: nets", "set: others")
+            .replace("{after}", "1h")
+            .replace("{reconcile}", "null"),
+    );
+    let out = daemon.client("reload", &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("othersv4 does not fit"),
+        "{}",
+        stderr(&out)
+    );
+    site.log_lines(&[failed_login("192.0.2.71")]);
+    wait_until("the running configuration still bans", || {
+        ns.nft_has("bansv4", "192.0.2.71")
+    });
+    daemon.stop();
+}
+
 #[test]
 fn an_existing_set_that_does_not_fit_stops_the_start_with_a_clear_error() {
     let Some(ns) = Netns::new("an_existing_set_that_does_not_fit", &[]) else {
@@ -555,7 +608,15 @@ fn a_banned_source_cannot_connect_and_a_clean_one_can() {
         );
         client.exec(&["python3", "-c", &script]).status.success()
     };
-    wait_until("the listener", || connects("10.77.0.3", "10.77.0.1"));
+    // Every source connects before the bans (neighbour discovery done).
+    for (source, target) in [
+        ("10.77.0.2", "10.77.0.1"),
+        ("10.77.0.3", "10.77.0.1"),
+        ("fd77::2", "fd77::1"),
+        ("fd77::3", "fd77::1"),
+    ] {
+        wait_until(&format!("{source} to connect"), || connects(source, target));
+    }
     for ip in ["10.77.0.2", "fd77::2"] {
         let out = daemon.client("trigger", &["ssh.failed", &format!("ip={ip}")]);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -568,14 +629,13 @@ fn a_banned_source_cannot_connect_and_a_clean_one_can() {
         "banned IPv4 source connected"
     );
     assert!(
-        connects("10.77.0.3", "10.77.0.1"),
-        "clean IPv4 source refused"
-    );
-    assert!(
         !connects("fd77::2", "fd77::1"),
         "banned IPv6 source connected"
     );
-    assert!(connects("fd77::3", "fd77::1"), "clean IPv6 source refused");
+    wait_until("the clean IPv4 source", || {
+        connects("10.77.0.3", "10.77.0.1")
+    });
+    wait_until("the clean IPv6 source", || connects("fd77::3", "fd77::1"));
     daemon.stop();
 }
 
@@ -726,7 +786,7 @@ fn a_reaction_nftables_plugin_configuration_runs_unchanged() {
         ns.nft_has("bansv4", "192.0.2.200") && ns.nft_has("bansv6", "2001:db8::200")
     });
     let timeouts = ns.nft_set("bansv4");
-    assert_eq!(timeouts[0].1, Some(48 * 3600), "{timeouts:?}");
+    assert_eq!(timeouts[0].1, Some(48 * 3600 + 600), "{timeouts:?}");
 }
 
 #[test]

@@ -76,6 +76,12 @@ impl Family {
     }
 }
 
+/// How much longer than a ban's delay its kernel timeout is: a tenth of
+/// it, between one second and ten minutes.
+pub fn kernel_margin(delay_ms: u64) -> u64 {
+    (delay_ms / 10).clamp(1000, 600_000)
+}
+
 /// A name safe to put in an nft script or an ipset line as it is.
 fn is_safe_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -183,6 +189,7 @@ impl Checker {
                 slot,
                 kernel_timeout_ms: None,
                 hold_ms: None,
+                kernel_margin_ms: 0,
                 // Named once every action is read: see `name_kernel_sets`.
                 v4: None,
                 v6: None,
@@ -462,10 +469,15 @@ impl Checker {
             else {
                 continue;
             };
-            let timeout = delete_after.saturating_sub(spec.after.unwrap_or(0));
-            if timeout == 0 {
+            let delay = delete_after.saturating_sub(spec.after.unwrap_or(0));
+            if delay == 0 {
                 continue;
             }
+            // The kernel keeps the element a little longer than the delete's
+            // delay, so it never ends a ban before rebuff's unban, and an
+            // `extend` need not refresh it at every match.
+            let margin = kernel_margin(delay);
+            let timeout = delay.saturating_add(margin);
             let draft = &self.firewall_sets[set_action.set];
             let capped = if draft.backend == SetBackend::Ipset
                 && timeout.div_ceil(1000) > IPSET_MAX_TIMEOUT_S
@@ -486,6 +498,7 @@ impl Checker {
             };
             set_action.kernel_timeout_ms = Some(capped);
             set_action.hold_ms = Some(timeout);
+            set_action.kernel_margin_ms = margin;
         }
     }
 
