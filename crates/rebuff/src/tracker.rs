@@ -93,6 +93,9 @@ struct PendingTrigger {
     /// Actions due up to this time were due when the state was restored:
     /// they are replays, which the exporter's families leave out.
     replay_until: Time,
+    /// When its kernel set elements last got their full timeout (its
+    /// trigger, or the last `extend` that refreshed them).
+    kernel_refreshed: Time,
 }
 
 impl PendingTrigger {
@@ -106,6 +109,7 @@ impl PendingTrigger {
             in_flight: 0,
             blocked: Vec::new(),
             replay_until: 0,
+            kernel_refreshed: time,
         }
     }
 }
@@ -155,6 +159,20 @@ struct FilterState {
 impl FilterState {
     fn is_delayed(&self, action: usize) -> bool {
         self.decider.plan().actions[action].after.is_some()
+    }
+
+    /// How far an `extend` may move the unban before the elements its ban
+    /// put in kernel sets need a fresh timeout (half the smallest margin),
+    /// or `None` when the ban puts none there with a timeout.
+    fn kernel_refresh_every(&self) -> Option<u64> {
+        self.actions
+            .iter()
+            .enumerate()
+            .filter(|(action, _)| !self.is_delayed(*action))
+            .filter_map(|(_, a)| a.set_action.as_ref())
+            .filter(|s| s.op == SetOp::Add && s.kernel_timeout_ms.is_some())
+            .map(|s| s.kernel_margin_ms / 2)
+            .min()
     }
 }
 
@@ -1077,11 +1095,19 @@ impl Tracker {
         // An extension only moves the pending actions later: losing it in a
         // crash means an earlier unban, so it needs no sync of its own.
         let fs = &mut self.filters[fid];
+        let refresh_every = fs.kernel_refresh_every();
+        let mut refresh = false;
         let extended = fs.jail.get_mut(&trigger.values).and_then(|triggers| {
             // Under `extend` a value has one pending trigger at most.
             triggers.drain(..triggers.len().saturating_sub(1));
             let pending = triggers.last_mut()?;
             pending.time = trigger.time;
+            if refresh_every
+                .is_some_and(|every| trigger.time.saturating_sub(pending.kernel_refreshed) > every)
+            {
+                refresh = true;
+                pending.kernel_refreshed = trigger.time;
+            }
             // Held actions wait again, for their new due time.
             pending.held.clear();
             let unarmed: Vec<usize> = delayed
@@ -1104,7 +1130,9 @@ impl Tracker {
             self.arm(fid, &trigger.values, id, trigger.time, action);
         }
         self.hand_over(fid, &trigger.values, id, &immediate, false);
-        self.refresh_kernel_timeouts(fid, &trigger.values);
+        if refresh {
+            self.refresh_kernel_timeouts(fid, &trigger.values);
+        }
     }
 
     /// Under `extend` the ban does not run again, but what it put in a
