@@ -813,10 +813,15 @@ async fn run_program(
     }
     let text = String::from_utf8_lossy(&err);
     let text = text.trim();
+    let hint = if text.contains("Operation not permitted") {
+        " (changing the firewall needs root, or CAP_NET_ADMIN)"
+    } else {
+        ""
+    };
     Err(RunError::Failed(if text.is_empty() {
         format!("{program} failed: {status}")
     } else {
-        format!("{program} failed: {}", text.replace('\n', " | "))
+        format!("{program} failed: {}{hint}", text.replace('\n', " | "))
     }))
 }
 
