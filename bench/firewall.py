@@ -18,6 +18,9 @@ bench/RESULTS.md with machine, commit and date):
   live-nft: the live benchmark of bench/daemon-live.sh (1 M-line auth.log,
             ban + unban after 1h) with `type: nftables` actions: wall time
             from start to exit, lines per second, peak RSS.
+  live-noaction: the same without actions, in the same round: the ratio
+            live-nft / live-noaction is what the bans cost on a shared,
+            noisy machine.
 """
 
 import os
@@ -253,13 +256,16 @@ def big_set(results):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def live(results):
+def live(results, name="live-nft"):
     work = tempfile.mkdtemp()
     ns = Netns()
     try:
         config = os.path.join(work, "live.yml")
+        text = LIVE.format(work=work, log=LOG)
+        if name == "live-noaction":
+            text = text[:text.index("        actions:")]
         with open(config, "w") as f:
-            f.write(LIVE.format(work=work, log=LOG))
+            f.write(text)
         lines = sum(1 for _ in open(LOG, "rb"))
         time_file = os.path.join(work, "time")
         t0 = time.monotonic()
@@ -273,8 +279,8 @@ def live(results):
         bans = ns.count_elements("bansv4") + ns.count_elements("bansv6")
         out = open(os.path.join(work, "out.log")).read()
         runs = out.count(": run [")
-        results.setdefault("live-nft", []).append((secs, int(kib) / 1024))
-        print(f"live-nft {secs:.2f} s {lines / secs / 1e6:.2f} M-lines/s-end-to-end peak {int(kib) / 1024:.1f} MiB "
+        results.setdefault(name, []).append((secs, int(kib) / 1024))
+        print(f"{name} {secs:.2f} s {lines / secs / 1e6:.2f} M-lines/s-end-to-end peak {int(kib) / 1024:.1f} MiB "
               f"run-lines {runs} elements-left {bans} (wall {wall:.2f} s)", flush=True)
     finally:
         ns.close()
@@ -295,16 +301,22 @@ def main():
         big_set(results)
         if os.path.exists(LOG):
             live(results)
+            live(results, "live-noaction")
         else:
             print(f"no log at {LOG} (bash ../shared/bench/setup.sh): live-nft skipped")
     for name, values in results.items():
-        if name == "live-nft":
-            print(f"median live-nft: {statistics.median(v[0] for v in values):.2f} s, "
+        if name.startswith("live"):
+            print(f"median {name}: {statistics.median(v[0] for v in values):.2f} s, "
                   f"peak RSS {statistics.median(v[1] for v in values):.1f} MiB ({len(values)} rounds)")
         elif name == "big-set":
             print(f"median big-set: {statistics.median(values) * 1000:.1f} ms ({len(values)} rounds)")
         else:
             print(f"median {name}: {statistics.median(values):.3f} s ({len(values)} rounds)")
+
+
+    if "live-nft" in results and "live-noaction" in results:
+        ratios = [a[0] / b[0] for a, b in zip(results["live-nft"], results["live-noaction"])]
+        print(f"median ratio live-nft / live-noaction: {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
