@@ -56,6 +56,14 @@ pub const MAX_BATCH: usize = 20_000;
 /// batch: a burst of bans becomes one program run.
 const LINGER: Duration = Duration::from_millis(5);
 
+/// The least time between the starts of two batches under a flood (the
+/// previous batch held [`FLOOD_BATCH`] operations or more). Each `nft` run
+/// costs milliseconds of CPU whatever its size, so the writer then gathers
+/// for longer rather than run back to back; a ban that comes alone still
+/// goes in after [`LINGER`].
+const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(40);
+const FLOOD_BATCH: usize = 16;
+
 /// How long one `nft` or `ipset` run may take.
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -327,6 +335,8 @@ impl Writer {
             tokio::time::interval_at(tokio::time::Instant::now() + period, period)
         });
         let mut control_open = true;
+        // When the previous batch started, and how big it was.
+        let mut last_batch: Option<(tokio::time::Instant, usize)> = None;
         loop {
             tokio::select! {
                 biased;
@@ -361,7 +371,15 @@ impl Writer {
                     let Some(first) = first else { break };
                     let started = Instant::now();
                     let mut batch = vec![first];
-                    gather(&mut requests, &mut batch).await;
+                    let now = tokio::time::Instant::now();
+                    let until = match last_batch {
+                        Some((last, size)) if size >= FLOOD_BATCH => {
+                            (last + MIN_BATCH_INTERVAL).max(now + LINGER)
+                        }
+                        _ => now + LINGER,
+                    };
+                    gather(&mut requests, &mut batch, until).await;
+                    last_batch = Some((tokio::time::Instant::now(), batch.len()));
                     self.skip_needless_refreshes(&mut batch);
                     if !batch.is_empty() {
                         self.apply(batch, started).await;
@@ -981,10 +999,13 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// Takes what is queued, then waits up to [`LINGER`] for more, up to
+/// Takes what is queued, then waits until `deadline` for more, up to
 /// [`MAX_BATCH`].
-async fn gather(requests: &mut mpsc::UnboundedReceiver<SetRequest>, batch: &mut Vec<SetRequest>) {
-    let deadline = tokio::time::Instant::now() + LINGER;
+async fn gather(
+    requests: &mut mpsc::UnboundedReceiver<SetRequest>,
+    batch: &mut Vec<SetRequest>,
+    deadline: tokio::time::Instant,
+) {
     while batch.len() < MAX_BATCH {
         let room = MAX_BATCH - batch.len();
         match tokio::time::timeout_at(deadline, requests.recv_many(batch, room)).await {
