@@ -41,10 +41,12 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use foldhash::fast::RandomState;
-use rebuff_engine::{Decision, FilterDecider, FilterPlan, Time, Trigger, TriggerKind, Values};
+use rebuff_engine::{
+    Decision, FilterDecider, FilterPlan, Key, KeyMap, Time, Trigger, TriggerKind, Values,
+};
 use regex::Regex;
 use serde_json::{Map, Value, json};
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -76,20 +78,22 @@ struct PendingTrigger {
     /// time far enough back that every delayed action is due.
     time: Time,
     /// Delayed actions not yet handed to the executor.
-    pending: Vec<usize>,
+    pending: ActionSet,
     /// Delayed actions with a timer in the heap. An `extend` moves `time`
     /// without adding timers: an early timer re-arms itself at the new due
     /// time, so a flood of duplicates cannot fill the heap.
-    armed: Vec<usize>,
+    armed: ActionSet,
     /// Due actions (also in `pending`) waiting for `in_flight` to drop to
-    /// zero, in due order: one is handed over at a time.
-    held: Vec<usize>,
+    /// zero: one is handed over at a time, in due order (ties in
+    /// configuration order, see [`next_held`]).
+    held: ActionSet,
     /// Actions of this trigger handed to the executor and not finished.
     in_flight: u32,
     /// Immediate actions waiting for an older trigger of the same value to
     /// finish what it has in flight (a ban waits for the unban still
-    /// running from the previous jailing of that address).
-    blocked: Vec<usize>,
+    /// running from the previous jailing of that address), in
+    /// configuration order.
+    blocked: ActionSet,
     /// Actions due up to this time were due when the state was restored:
     /// they are replays, which the exporter's families leave out.
     replay_until: Time,
@@ -100,29 +104,119 @@ impl PendingTrigger {
         PendingTrigger {
             id,
             time,
-            pending: Vec::new(),
-            armed: Vec::new(),
-            held: Vec::new(),
+            pending: ActionSet::default(),
+            armed: ActionSet::default(),
+            held: ActionSet::default(),
             in_flight: 0,
-            blocked: Vec::new(),
+            blocked: ActionSet::default(),
             replay_until: 0,
         }
     }
 }
 
-/// Triggers by value, in trigger order.
-type TriggerMap = HashMap<Values, Vec<PendingTrigger>, RandomState>;
+/// A set of action indices of one filter: a bit each for the first 64 (a
+/// filter has a few actions), a sorted list for the others. Iterates in
+/// configuration order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ActionSet {
+    low: u64,
+    /// Boxed so that the set is two words, not four: the list is rare.
+    #[expect(clippy::box_collection, reason = "one word for a rarely used list")]
+    high: Option<Box<Vec<usize>>>,
+}
+
+impl ActionSet {
+    fn contains(&self, action: usize) -> bool {
+        match action {
+            0..64 => self.low & (1 << action) != 0,
+            _ => self
+                .high
+                .as_ref()
+                .is_some_and(|high| high.binary_search(&action).is_ok()),
+        }
+    }
+
+    fn insert(&mut self, action: usize) {
+        match action {
+            0..64 => self.low |= 1 << action,
+            _ => {
+                let high = self.high.get_or_insert_default();
+                if let Err(at) = high.binary_search(&action) {
+                    high.insert(at, action);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, action: usize) {
+        match action {
+            0..64 => self.low &= !(1 << action),
+            _ => {
+                if let Some(high) = &mut self.high {
+                    high.retain(|&a| a != action);
+                    if high.is_empty() {
+                        self.high = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.low == 0 && self.high.is_none()
+    }
+
+    fn len(&self) -> usize {
+        self.low.count_ones() as usize + self.high.as_ref().map_or(0, |high| high.len())
+    }
+
+    fn clear(&mut self) {
+        *self = ActionSet::default();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        let low = self.low;
+        (0..64usize)
+            .filter(move |&a| low & (1 << a) != 0)
+            .chain(self.high.iter().flat_map(|high| high.iter().copied()))
+    }
+
+    fn to_vec(&self) -> Vec<usize> {
+        self.iter().collect()
+    }
+}
+
+impl FromIterator<usize> for ActionSet {
+    fn from_iter<I: IntoIterator<Item = usize>>(iter: I) -> Self {
+        let mut set = ActionSet::default();
+        for action in iter {
+            set.insert(action);
+        }
+        set
+    }
+}
+
+/// The triggers of one value, in trigger order; nearly always one, kept
+/// inline.
+type Triggers = SmallVec<[PendingTrigger; 1]>;
+
+/// Triggers by value. Timers name an entry of a jail by its slot, so a
+/// jail's map is never `retain`ed (which may move entries).
+type TriggerMap = KeyMap<Triggers>;
 
 /// A delayed action due at `at` (or later, if its trigger was extended).
+/// It names its trigger's entry in its filter's jail by slot, and the
+/// trigger by id: a slot freed and reused by another value holds no
+/// trigger of that id, so the timer is then stale, as it should be.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     at: Time,
     /// Breaks ties in scheduling order.
     seq: u64,
-    filter: usize,
-    values: Values,
     trigger: u64,
-    action: usize,
+    filter: u32,
+    slot: u32,
+    action: u32,
 }
 
 /// One filter's state and what it needs to build actions.
@@ -219,8 +313,8 @@ fn build_filters(config: &Config, metrics: &Arc<Metrics>) -> (Vec<FilterState>, 
                 persist_matches: plan.retry > 1,
                 persist_triggers: plan.longest_delay().is_some(),
                 decider: FilterDecider::new(plan),
-                jail: HashMap::default(),
-                retiring: HashMap::default(),
+                jail: KeyMap::default(),
+                retiring: KeyMap::default(),
                 id: filters.len(),
                 first_action: metrics.action_id(filters.len(), 0),
                 metrics: metrics.clone(),
@@ -240,7 +334,7 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
         for (values, times) in old.decider.window().iter() {
             for &time in times {
                 if now.saturating_sub(time) < period {
-                    new.decider.restore_match(values.clone(), time);
+                    new.decider.restore_match(values, time);
                 }
             }
         }
@@ -251,17 +345,14 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
         .map(|name| new.action_names.iter().position(|n| n == name))
         .collect();
     let mut dropped = 0;
-    let mut remap = |list: &mut Vec<usize>, count: bool| {
-        let before = list.len();
-        list.retain_mut(|a| match renumber.get(*a).copied().flatten() {
-            Some(to) => {
-                *a = to;
-                true
-            }
-            None => false,
-        });
+    let mut remap = |set: &mut ActionSet, count: bool| {
+        let before = set.len();
+        *set = set
+            .iter()
+            .filter_map(|a| renumber.get(a).copied().flatten())
+            .collect();
         if count {
-            dropped += (before - list.len()) as u64;
+            dropped += (before - set.len()) as u64;
         }
     };
     for (map, new_map, jailed) in [
@@ -274,13 +365,13 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
                 remap(&mut trigger.held, false);
                 remap(&mut trigger.blocked, false);
                 // An action that is no longer delayed is due now.
-                for action in trigger.pending.clone() {
+                for action in trigger.pending.to_vec() {
                     if new.decider.plan().actions[action].after.is_none() {
-                        hold(new.decider.plan(), trigger, action);
+                        trigger.held.insert(action);
                     }
                 }
                 if jailed {
-                    new.decider.restore_trigger(values.clone(), trigger.time);
+                    new.decider.restore_trigger(&values, trigger.time);
                 }
             }
             new_map.insert(values, triggers);
@@ -296,7 +387,7 @@ fn round<T>(first: T, queued: impl FnMut() -> Option<T>) -> impl Iterator<Item =
 
 /// Whether a trigger of `values` older than `id` still has actions in
 /// flight or waiting: a newer trigger's actions must not overtake them.
-fn older_busy(fs: &FilterState, values: &Values, id: u64) -> bool {
+fn older_busy(fs: &FilterState, values: &Key, id: u64) -> bool {
     [&fs.jail, &fs.retiring]
         .into_iter()
         .filter_map(|map| map.get(values))
@@ -310,17 +401,13 @@ fn due(plan: &FilterPlan, trigger: &PendingTrigger, action: usize) -> Time {
     trigger.time.saturating_add(after)
 }
 
-/// Inserts `action` among the held actions of `trigger`, keeping them in
-/// due order (ties in configuration order).
-fn hold(plan: &FilterPlan, trigger: &mut PendingTrigger, action: usize) {
-    if trigger.held.contains(&action) {
-        return;
-    }
-    let key = |a: usize| (due(plan, trigger, a), a);
-    let at = trigger
+/// The held action of `trigger` to hand over next: the first due (ties in
+/// configuration order).
+fn next_held(plan: &FilterPlan, trigger: &PendingTrigger) -> Option<usize> {
+    trigger
         .held
-        .partition_point(|&other| key(other) < key(action));
-    trigger.held.insert(at, action);
+        .iter()
+        .min_by_key(|&a| (due(plan, trigger, a), a))
 }
 
 /// Counts the daemon logs at shutdown and metrics read later.
@@ -465,11 +552,12 @@ impl Tracker {
                 continue;
             }
             let fs = &mut self.filters[fid];
+            let key = Key::from_values(&entry.values);
             let period = fs.decider.plan().retry_period;
             if fs.persist_matches {
                 for &time in &entry.matches {
                     if now.saturating_sub(time) < period {
-                        fs.decider.restore_match(entry.values.clone(), time);
+                        fs.decider.restore_match(&key, time);
                         self.report.restored_matches += 1;
                     }
                 }
@@ -478,7 +566,7 @@ impl Tracker {
                 continue;
             }
             for &time in &entry.triggers {
-                self.restore_trigger(fid, &entry.values, time, now);
+                self.restore_trigger(fid, &key, &entry.values, time, now);
             }
         }
         for ((stream, filter), count) in dropped {
@@ -517,9 +605,9 @@ impl Tracker {
         Ok(())
     }
 
-    fn restore_trigger(&mut self, fid: usize, values: &Values, time: Time, now: Time) {
+    fn restore_trigger(&mut self, fid: usize, key: &Key, values: &[String], time: Time, now: Time) {
         let fs = &mut self.filters[fid];
-        fs.decider.restore_trigger(values.clone(), time);
+        fs.decider.restore_trigger(key, time);
         self.next_trigger_id += 1;
         let mut trigger = PendingTrigger::new(self.next_trigger_id, time);
         trigger.replay_until = now;
@@ -530,15 +618,15 @@ impl Tracker {
             }
             let at = time.saturating_add(spec.after.unwrap_or(0));
             if spec.after.is_some() && at > now {
-                trigger.pending.push(action);
+                trigger.pending.insert(action);
             } else if spec.oneshot || (spec.after.is_none() && fs.actions[action].send_to.is_some())
             {
                 // Never run again at start, as in reaction. Nor is the line
                 // of a virtual action sent again: what it did (a match, a
                 // trigger) is restored with its own stream's state.
             } else if spec.after.is_some() {
-                trigger.pending.push(action);
-                hold(fs.decider.plan(), &mut trigger, action);
+                trigger.pending.insert(action);
+                trigger.held.insert(action);
                 self.report.overdue_actions += 1;
             } else {
                 rerun.push(action);
@@ -552,23 +640,28 @@ impl Tracker {
         self.report.scheduled_actions += (trigger.pending.len() - trigger.held.len()) as u64;
         // Several triggers of one value (flushed, then jailed again): each
         // waits for what the older one still has to run.
-        let blocked = older_busy(fs, values, trigger.id);
+        let blocked = older_busy(fs, key, trigger.id);
         if blocked {
-            trigger.blocked = rerun.clone();
+            trigger.blocked = rerun.iter().copied().collect();
         }
-        let (id, scheduled) = (trigger.id, trigger.pending.clone());
+        let id = trigger.id;
+        let scheduled: Vec<usize> = trigger
+            .pending
+            .iter()
+            .filter(|&a| !trigger.held.contains(a))
+            .collect();
+        for &action in &scheduled {
+            trigger.armed.insert(action);
+        }
+        let (slot, list) = fs.jail.get_or_insert_with(key, Triggers::new);
+        list.push(trigger);
         for action in scheduled {
-            if !trigger.held.contains(&action) {
-                trigger.armed.push(action);
-                self.arm(fid, values, id, time, action);
-            }
+            self.arm(fid, slot, id, time, action);
         }
-        let fs = &mut self.filters[fid];
-        fs.jail.entry(values.clone()).or_default().push(trigger);
         if !blocked {
-            self.hand_over(fid, values, id, &rerun, true);
+            self.hand_over(fid, key, id, &rerun, true);
         }
-        self.settle(fid, values, id);
+        self.settle(fid, key, id);
     }
 
     /// Jails `values` with a new pending trigger whose immediate actions
@@ -577,27 +670,28 @@ impl Tracker {
     fn add_pending_trigger(
         &mut self,
         fid: usize,
-        values: &Values,
+        values: &Key,
         time: Time,
         pending: Vec<usize>,
     ) -> u64 {
         self.next_trigger_id += 1;
         let id = self.next_trigger_id;
-        for &action in &pending {
-            self.arm(fid, values, id, time, action);
-        }
         let mut trigger = PendingTrigger::new(id, time);
-        trigger.armed.clone_from(&pending);
-        trigger.pending = pending;
-        self.filters[fid]
+        trigger.pending = pending.iter().copied().collect();
+        trigger.armed = trigger.pending.clone();
+        let (slot, list) = self.filters[fid]
             .jail
-            .entry(values.clone())
-            .or_default()
-            .push(trigger);
+            .get_or_insert_with(values, Triggers::new);
+        list.push(trigger);
+        for action in pending {
+            self.arm(fid, slot, id, time, action);
+        }
         id
     }
 
-    fn arm(&mut self, fid: usize, values: &Values, trigger: u64, time: Time, action: usize) {
+    /// Arms a timer for delayed `action` of trigger `trigger`, whose value
+    /// is in `slot` of filter `fid`'s jail.
+    fn arm(&mut self, fid: usize, slot: u32, trigger: u64, time: Time, action: usize) {
         let after = self.filters[fid].decider.plan().actions[action]
             .after
             .unwrap_or(0);
@@ -605,10 +699,10 @@ impl Tracker {
         self.timers.push(Reverse(Timer {
             at: time.saturating_add(after),
             seq: self.next_seq,
-            filter: fid,
-            values: values.clone(),
             trigger,
-            action,
+            filter: fid as u32,
+            slot,
+            action: action as u32,
         }));
     }
 
@@ -616,7 +710,7 @@ impl Tracker {
     /// once nothing of it is in flight, sends it to `retiring` once nothing
     /// is left to hand over, and retires it (a `Done` record) once
     /// everything has finished.
-    fn settle(&mut self, fid: usize, values: &Values, id: u64) {
+    fn settle(&mut self, fid: usize, values: &Key, id: u64) {
         let (timeout, generation) = (self.action_timeout, self.generation);
         let fs = &mut self.filters[fid];
         let in_jail = fs
@@ -636,10 +730,13 @@ impl Tracker {
         };
         let trigger = &mut list[index];
         let mut next = None;
-        if trigger.in_flight == 0 && trigger.blocked.is_empty() && !trigger.held.is_empty() {
-            let action = trigger.held.remove(0);
-            trigger.pending.retain(|&a| a != action);
-            trigger.armed.retain(|&a| a != action);
+        if trigger.in_flight == 0
+            && trigger.blocked.is_empty()
+            && let Some(action) = next_held(fs.decider.plan(), trigger)
+        {
+            trigger.held.remove(action);
+            trigger.pending.remove(action);
+            trigger.armed.remove(action);
             trigger.in_flight += 1;
             let after = fs.decider.plan().actions[action].after.unwrap_or(0);
             let replayed = trigger.time.saturating_add(after) <= trigger.replay_until;
@@ -656,11 +753,14 @@ impl Tracker {
                 self.store.append(&Record::Done {
                     stream: &fs.stream,
                     filter: &fs.name,
-                    values,
+                    values: values.into(),
                     time: trigger.time,
                 });
             } else {
-                fs.retiring.entry(values.clone()).or_default().push(trigger);
+                fs.retiring
+                    .get_or_insert_with(values, Triggers::new)
+                    .1
+                    .push(trigger);
             }
         }
         if let Some((action, replayed)) = next {
@@ -669,7 +769,14 @@ impl Tracker {
                 trigger: id,
                 generation,
             };
-            let job = job(fs, action, values, timeout, replayed, Some(owner));
+            let job = job(
+                fs,
+                action,
+                &values.to_values(),
+                timeout,
+                replayed,
+                Some(owner),
+            );
             schedule(&mut self.ready, job);
         }
     }
@@ -677,6 +784,7 @@ impl Tracker {
     /// An action of a tracked trigger has finished.
     fn on_finished(&mut self, finished: Finished) {
         let Finished { owner, values } = finished;
+        let values = Key::from_values(&values);
         let Some(fid) = self.current_filter(owner.generation, owner.filter) else {
             return;
         };
@@ -699,7 +807,7 @@ impl Tracker {
 
     /// Hands over the blocked immediate actions of the triggers of `values`
     /// whose older triggers have nothing in flight or waiting any more.
-    fn unblock(&mut self, fid: usize, values: &Values) {
+    fn unblock(&mut self, fid: usize, values: &Key) {
         let fs = &self.filters[fid];
         let Some(list) = fs.jail.get(values) else {
             return;
@@ -718,7 +826,7 @@ impl Tracker {
             else {
                 continue;
             };
-            let actions = std::mem::take(&mut trigger.blocked);
+            let actions = std::mem::take(&mut trigger.blocked).to_vec();
             let replayed = trigger.replay_until > 0;
             self.hand_over(fid, values, id, &actions, replayed);
             self.settle(fid, values, id);
@@ -934,7 +1042,7 @@ impl Tracker {
         // gained one that is due now.
         let mut triggers = Vec::new();
         for (fid, fs) in self.filters.iter().enumerate() {
-            for (values, list) in fs.jail.iter().chain(&fs.retiring) {
+            for (values, list) in fs.jail.iter().chain(fs.retiring.iter()) {
                 triggers.extend(list.iter().map(|t| (fid, values.clone(), t.id)));
             }
         }
@@ -950,23 +1058,24 @@ impl Tracker {
     /// now, the rest is dropped, and its entries are forgotten in the
     /// store. Actions still running finish on their own.
     fn retire_filter(&mut self, fs: FilterState, summary: &mut ReloadSummary) {
-        let mut keys: Vec<&Values> = fs.jail.keys().chain(fs.retiring.keys()).collect();
+        let mut keys: Vec<&Key> = fs.jail.keys().chain(fs.retiring.keys()).collect();
         keys.extend(fs.decider.window().iter().map(|(values, _)| values));
-        keys.sort();
+        keys.sort_by(|a, b| a.cmp_text(b));
         keys.dedup();
         for values in keys {
             self.store.append(&Record::Forget {
                 stream: &fs.stream,
                 filter: &fs.name,
-                values,
+                values: values.into(),
             });
         }
-        for (values, triggers) in &fs.jail {
+        for (values, triggers) in fs.jail.iter() {
             for trigger in triggers {
-                for &action in &trigger.pending {
+                for action in trigger.pending.iter() {
                     if fs.decider.plan().actions[action].onexit {
                         summary.onexit_actions += 1;
-                        let job = job(&fs, action, values, self.action_timeout, false, None);
+                        let values = values.to_values();
+                        let job = job(&fs, action, &values, self.action_timeout, false, None);
                         schedule(&mut self.ready, job);
                     } else {
                         summary.dropped_actions += 1;
@@ -982,22 +1091,24 @@ impl Tracker {
         self.timers.clear();
         let mut arms = Vec::new();
         for (fid, fs) in self.filters.iter_mut().enumerate() {
-            for (values, triggers) in &mut fs.jail {
+            for slot in 0..fs.jail.slot_end() {
+                let Some((_, triggers)) = fs.jail.at_mut(slot) else {
+                    continue;
+                };
                 for trigger in triggers {
                     trigger.armed = trigger
                         .pending
                         .iter()
-                        .copied()
-                        .filter(|a| !trigger.held.contains(a))
+                        .filter(|&a| !trigger.held.contains(a))
                         .collect();
-                    for &action in &trigger.armed {
-                        arms.push((fid, values.clone(), trigger.id, trigger.time, action));
+                    for action in trigger.armed.iter() {
+                        arms.push((fid, slot, trigger.id, trigger.time, action));
                     }
                 }
             }
         }
-        for (fid, values, id, time, action) in arms {
-            self.arm(fid, &values, id, time, action);
+        for (fid, slot, id, time, action) in arms {
+            self.arm(fid, slot, id, time, action);
         }
     }
 
@@ -1005,24 +1116,25 @@ impl Tracker {
         self.report.matches += 1;
         let fs = &mut self.filters[fid];
         log::match_found(&fs.stream, &fs.name, &values);
+        let key = Key::from_values(&values);
         // A jailed value's match is a duplicate: it never counts, so it is
         // not persisted as a match either.
-        if fs.persist_matches && !fs.decider.is_jailed(&values, time) {
+        if fs.persist_matches && !fs.decider.is_jailed_key(&key, time) {
             self.store.append(&Record::Match {
                 stream: &fs.stream,
                 filter: &fs.name,
-                values: &values,
+                values: (&key).into(),
                 time,
             });
         }
-        match fs.decider.on_match(values, time) {
-            Decision::Trigger(trigger) => self.on_trigger(fid, trigger),
+        match fs.decider.on_match_key(&key, values, time) {
+            Decision::Trigger(trigger) => self.on_trigger(fid, &key, trigger),
             Decision::DuplicateIgnored => self.metrics.ignored(fid, Ignored::Duplicate),
             Decision::Counted { .. } => {}
         }
     }
 
-    fn on_trigger(&mut self, fid: usize, trigger: Trigger) {
+    fn on_trigger(&mut self, fid: usize, key: &Key, trigger: Trigger) {
         if trigger.kind != TriggerKind::Extend {
             self.report.triggers += 1;
             self.metrics.trigger(fid);
@@ -1052,66 +1164,82 @@ impl Tracker {
         self.store.append(&Record::Trigger {
             stream: &fs.stream,
             filter: &fs.name,
-            values: &trigger.values,
+            values: key.into(),
             time: trigger.time,
             replace: extend,
         });
         if !extend {
             // Its first action must not run before this is on disk.
             self.durable_needed = true;
-            let id = self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed);
+            let id = self.add_pending_trigger(fid, key, trigger.time, delayed);
             let fs = &mut self.filters[fid];
-            if older_busy(fs, &trigger.values, id) {
+            if older_busy(fs, key, id) {
                 if let Some(new) = fs
                     .jail
-                    .get_mut(&trigger.values)
+                    .get_mut(key)
                     .and_then(|list| list.iter_mut().find(|t| t.id == id))
                 {
-                    new.blocked = immediate;
+                    new.blocked = immediate.into_iter().collect();
                 }
                 return;
             }
-            self.hand_over(fid, &trigger.values, id, &immediate, false);
+            self.hand_over_values(fid, key, &trigger.values, id, &immediate, false);
             return;
         }
         // An extension only moves the pending actions later: losing it in a
         // crash means an earlier unban, so it needs no sync of its own.
         let fs = &mut self.filters[fid];
-        let extended = fs.jail.get_mut(&trigger.values).and_then(|triggers| {
-            // Under `extend` a value has one pending trigger at most.
-            triggers.drain(..triggers.len().saturating_sub(1));
-            let pending = triggers.last_mut()?;
-            pending.time = trigger.time;
-            // Held actions wait again, for their new due time.
-            pending.held.clear();
-            let unarmed: Vec<usize> = delayed
-                .iter()
-                .copied()
-                .filter(|a| !pending.armed.contains(a))
-                .collect();
-            pending.armed.extend(&unarmed);
-            pending.pending.clone_from(&delayed);
-            Some((pending.id, unarmed))
-        });
+        let slot = fs.jail.slot(key);
+        let extended = slot
+            .and_then(|slot| fs.jail.at_mut(slot))
+            .and_then(|(_, triggers)| {
+                // Under `extend` a value has one pending trigger at most.
+                triggers.drain(..triggers.len().saturating_sub(1));
+                let pending = triggers.last_mut()?;
+                pending.time = trigger.time;
+                // Held actions wait again, for their new due time.
+                pending.held.clear();
+                let unarmed: Vec<usize> = delayed
+                    .iter()
+                    .copied()
+                    .filter(|&a| !pending.armed.contains(a))
+                    .collect();
+                for &action in &unarmed {
+                    pending.armed.insert(action);
+                }
+                pending.pending = delayed.iter().copied().collect();
+                Some((pending.id, unarmed))
+            });
         let (id, unarmed) = match extended {
             Some(extended) => extended,
             None => {
-                let id = self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed);
+                let id = self.add_pending_trigger(fid, key, trigger.time, delayed);
                 (id, Vec::new())
             }
         };
-        for action in unarmed {
-            self.arm(fid, &trigger.values, id, trigger.time, action);
+        if let Some(slot) = slot {
+            for action in unarmed {
+                self.arm(fid, slot, id, trigger.time, action);
+            }
         }
-        self.hand_over(fid, &trigger.values, id, &immediate, false);
+        self.hand_over_values(fid, key, &trigger.values, id, &immediate, false);
     }
 
     /// Hands over immediate actions of a trigger, which its delayed actions
     /// then wait for.
-    fn hand_over(
+    fn hand_over(&mut self, fid: usize, key: &Key, id: u64, actions: &[usize], replayed: bool) {
+        if actions.is_empty() {
+            return;
+        }
+        self.hand_over_values(fid, key, &key.to_values(), id, actions, replayed);
+    }
+
+    /// [`Tracker::hand_over`] with the values of `key` at hand.
+    fn hand_over_values(
         &mut self,
         fid: usize,
-        values: &Values,
+        key: &Key,
+        values: &[String],
         id: u64,
         actions: &[usize],
         replayed: bool,
@@ -1138,7 +1266,7 @@ impl Tracker {
         }
         if let Some(trigger) = fs
             .jail
-            .get_mut(values)
+            .get_mut(key)
             .and_then(|list| list.iter_mut().find(|t| t.id == id))
         {
             trigger.in_flight += actions.len() as u32;
@@ -1150,23 +1278,24 @@ impl Tracker {
             let Some(Reverse(timer)) = self.timers.pop() else {
                 break;
             };
-            let fs = &mut self.filters[timer.filter];
+            let (fid, action) = (timer.filter as usize, timer.action as usize);
+            let fs = &mut self.filters[fid];
             let plan = fs.decider.plan();
-            let Some(triggers) = fs.jail.get_mut(&timer.values) else {
+            let Some((key, triggers)) = fs.jail.at_mut(timer.slot) else {
                 continue;
             };
             let Some(trigger) = triggers.iter_mut().find(|t| t.id == timer.trigger) else {
                 // Flushed, or replaced: a stale timer.
                 continue;
             };
-            trigger.armed.retain(|&a| a != timer.action);
-            if !trigger.pending.contains(&timer.action) {
+            trigger.armed.remove(action);
+            if !trigger.pending.contains(action) {
                 continue;
             }
-            let due = due(plan, trigger, timer.action);
+            let due = due(plan, trigger, action);
             if due > now {
                 // Extended since this timer was armed.
-                trigger.armed.push(timer.action);
+                trigger.armed.insert(action);
                 self.next_seq += 1;
                 self.timers.push(Reverse(Timer {
                     at: due,
@@ -1175,8 +1304,9 @@ impl Tracker {
                 }));
                 continue;
             }
-            hold(plan, trigger, timer.action);
-            self.settle(timer.filter, &timer.values, timer.trigger);
+            trigger.held.insert(action);
+            let key = key.clone();
+            self.settle(fid, &key, timer.trigger);
         }
     }
 
@@ -1229,24 +1359,23 @@ impl Tracker {
         let now = now_ms();
         let filters = &self.filters;
         let live = filters.iter().flat_map(move |fs| {
-            let triggers = fs
-                .persist_triggers
-                .then(|| {
-                    fs.jail
-                        .iter()
-                        .chain(&fs.retiring)
-                        .flat_map(move |(values, triggers)| {
-                            triggers.iter().map(move |t| Record::Trigger {
-                                stream: &fs.stream,
-                                filter: &fs.name,
-                                values,
-                                time: t.time,
-                                replace: false,
-                            })
-                        })
-                })
-                .into_iter()
-                .flatten();
+            let triggers =
+                fs.persist_triggers
+                    .then(|| {
+                        fs.jail.iter().chain(fs.retiring.iter()).flat_map(
+                            move |(values, triggers)| {
+                                triggers.iter().map(move |t| Record::Trigger {
+                                    stream: &fs.stream,
+                                    filter: &fs.name,
+                                    values: values.into(),
+                                    time: t.time,
+                                    replace: false,
+                                })
+                            },
+                        )
+                    })
+                    .into_iter()
+                    .flatten();
             let period = fs.decider.plan().retry_period;
             let matches = fs
                 .persist_matches
@@ -1258,7 +1387,7 @@ impl Tracker {
                             .map(move |&time| Record::Match {
                                 stream: &fs.stream,
                                 filter: &fs.name,
-                                values,
+                                values: values.into(),
                                 time,
                             })
                     })
@@ -1371,13 +1500,14 @@ impl Tracker {
     async fn run_onexit(&mut self) {
         let mut jobs = Vec::new();
         for fs in &self.filters {
-            for (values, triggers) in &fs.jail {
+            for (values, triggers) in fs.jail.iter() {
                 for trigger in triggers {
-                    for &action in &trigger.pending {
+                    for action in trigger.pending.iter() {
                         if fs.decider.plan().actions[action].onexit {
                             // No owner: the trigger stays in the store, and
                             // the next start runs what is due then.
-                            let job = job(fs, action, values, self.action_timeout, false, None);
+                            let values = values.to_values();
+                            let job = job(fs, action, &values, self.action_timeout, false, None);
                             jobs.push(job);
                         }
                     }
@@ -1412,10 +1542,10 @@ impl Tracker {
             metrics: Some(self.metrics.clone()),
         };
         for fs in &self.filters {
-            for (values, triggers) in &fs.jail {
+            for (values, triggers) in fs.jail.iter() {
                 let mut actions = Vec::new();
                 for trigger in triggers {
-                    for &action in &trigger.pending {
+                    for action in trigger.pending.iter() {
                         snapshot.per_action[fs.first_action + action] += 1;
                         actions.push(action);
                     }
@@ -1427,7 +1557,7 @@ impl Tracker {
                 if with_keys {
                     snapshot.keys.push(PendingKey {
                         filter: fs.id,
-                        values: values.clone(),
+                        values: values.to_values(),
                         actions,
                     });
                 }
@@ -1523,11 +1653,17 @@ impl Tracker {
 
     /// The selected keys of a filter: every value with counted matches or
     /// pending triggers.
-    fn selected_keys(&self, selected: &SelectedFilter, now: Time) -> Vec<Values> {
+    fn selected_keys(&self, selected: &SelectedFilter, now: Time) -> Vec<Key> {
         let (fid, slots) = (selected.fid, &selected.slots);
         let fs = &self.filters[fid];
-        let keep = |values: &Values| slots.iter().all(|(slot, re)| re.is_match(&values[*slot]));
-        let mut keys: Vec<Values> = fs
+        let keep = |values: &Key| {
+            slots.iter().all(|(slot, re)| {
+                values
+                    .with_text(*slot, |text| re.is_match(text))
+                    .unwrap_or(false)
+            })
+        };
+        let mut keys: Vec<Key> = fs
             .decider
             .window()
             .iter()
@@ -1537,12 +1673,12 @@ impl Tracker {
             .filter(|v| keep(v))
             .cloned()
             .collect();
-        keys.sort();
+        keys.sort_unstable_by(Key::cmp_text);
         keys.dedup();
         keys
     }
 
-    fn entry(&self, fid: usize, values: &Values, now: Time) -> Option<Value> {
+    fn entry(&self, fid: usize, values: &Key, now: Time) -> Option<Value> {
         let fs = &self.filters[fid];
         let mut entry = Map::new();
         let matches = fs.decider.window().count(values, now);
@@ -1554,7 +1690,7 @@ impl Tracker {
             for (action, name) in fs.action_names.iter().enumerate() {
                 let mut times: Vec<Time> = triggers
                     .iter()
-                    .filter(|t| t.pending.contains(&action))
+                    .filter(|t| t.pending.contains(action))
                     .map(|t| {
                         t.time
                             .saturating_add(fs.decider.plan().actions[action].after.unwrap_or(0))
@@ -1574,12 +1710,7 @@ impl Tracker {
         (!entry.is_empty()).then_some(Value::Object(entry))
     }
 
-    fn insert_entry(
-        tree: &mut Map<String, Value>,
-        fs: &FilterState,
-        values: &Values,
-        entry: Value,
-    ) {
+    fn insert_entry(tree: &mut Map<String, Value>, fs: &FilterState, values: &Key, entry: Value) {
         let filters = tree
             .entry(fs.stream.to_string())
             .or_insert_with(|| Value::Object(Map::new()));
@@ -1588,7 +1719,7 @@ impl Tracker {
                 .entry(fs.name.to_string())
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Value::Object(keys) = keys {
-                keys.insert(values.join(" "), entry);
+                keys.insert(values.to_string(), entry);
             }
         }
     }
@@ -1631,13 +1762,13 @@ impl Tracker {
     /// crash before they finish runs them at restart (after the trigger's
     /// earlier actions, as any overdue action), and they leave the store
     /// only once they have finished.
-    fn flush_value(&mut self, fid: usize, values: &Values, now: Time) {
+    fn flush_value(&mut self, fid: usize, values: &Key, now: Time) {
         let fs = &mut self.filters[fid];
         fs.decider.forget(values);
         self.store.append(&Record::Forget {
             stream: &fs.stream,
             filter: &fs.name,
-            values,
+            values: values.into(),
         });
         self.durable_needed = true;
         let all_due = now.saturating_sub(fs.decider.plan().longest_delay().unwrap_or(0));
@@ -1646,17 +1777,18 @@ impl Tracker {
             trigger.time = all_due;
             trigger.replay_until = 0;
             trigger.armed.clear();
-            for action in trigger.pending.clone() {
-                hold(fs.decider.plan(), &mut trigger, action);
-            }
+            trigger.held = trigger.pending.clone();
             released.push(trigger.id);
-            fs.retiring.entry(values.clone()).or_default().push(trigger);
+            fs.retiring
+                .get_or_insert_with(values, Triggers::new)
+                .1
+                .push(trigger);
         }
         for trigger in fs.retiring.get(values).into_iter().flatten() {
             self.store.append(&Record::Trigger {
                 stream: &fs.stream,
                 filter: &fs.name,
-                values,
+                values: values.into(),
                 time: trigger.time,
                 replace: false,
             });
@@ -1705,13 +1837,14 @@ impl Tracker {
             .collect::<Result<Vec<_>, _>>()?
             .into_boxed_slice();
         let now = now_ms();
-        let decision = self.filters[fid].decider.force_trigger(values.clone(), now);
+        let key = Key::from_values(&values);
+        let decision = self.filters[fid].decider.force_trigger(values, now);
         if let Decision::Trigger(trigger) = decision {
-            self.on_trigger(fid, trigger);
+            self.on_trigger(fid, &key, trigger);
         }
         let mut tree = Map::new();
-        if let Some(entry) = self.entry(fid, &values, now) {
-            Self::insert_entry(&mut tree, &self.filters[fid], &values, entry);
+        if let Some(entry) = self.entry(fid, &key, now) {
+            Self::insert_entry(&mut tree, &self.filters[fid], &key, entry);
         }
         Ok(Value::Object(tree))
     }
@@ -1886,9 +2019,9 @@ streams:
     fn kept(tracker: &Tracker) -> usize {
         let fs = &tracker.filters[0];
         fs.jail
-            .values()
-            .chain(fs.retiring.values())
-            .map(Vec::len)
+            .iter()
+            .chain(fs.retiring.iter())
+            .map(|(_, list)| list.len())
             .sum()
     }
 
@@ -1904,7 +2037,7 @@ streams:
         Record::Trigger {
             stream: "ssh",
             filter: "failed",
-            values: ip,
+            values: ip.into(),
             time,
             replace: false,
         }
@@ -1957,9 +2090,12 @@ streams:
         assert!(tracker.ready.is_empty());
         // The recidive trigger is jailed, its ban handed over after a
         // commit (nothing is left buffered) and it waits for the ban.
-        let jailed = &tracker.filters[1].jail[&ip];
+        let jailed = &tracker.filters[1]
+            .jail
+            .get(&Key::from_values(&ip))
+            .expect("jailed");
         assert_eq!(jailed.len(), 1);
-        assert_eq!(jailed[0].pending, vec![1]);
+        assert_eq!(jailed[0].pending.to_vec(), vec![1]);
         assert!(!tracker.durable_needed);
         assert_eq!(tracker.report.triggers, 3);
         assert_eq!(tracker.report.actions, 3);
@@ -2110,7 +2246,7 @@ streams:
                 Record::Trigger {
                     stream: "ssh",
                     filter: "gone",
-                    values: &ip,
+                    values: (&ip).into(),
                     time: T0,
                     replace: false,
                 },
@@ -2129,7 +2265,7 @@ streams:
             &[Record::Match {
                 stream: "ssh",
                 filter: "failed",
-                values: &ip,
+                values: (&ip).into(),
                 time: T0,
             }],
             T0 + 1000,

@@ -87,9 +87,7 @@ pub(super) fn encode(buf: &mut Vec<u8>, record: &Record<'_>) -> Result<(), Unenc
     put_str(buf, stream);
     put_str(buf, filter);
     buf.extend_from_slice(&count.to_le_bytes());
-    for value in values {
-        put_str(buf, value);
-    }
+    values.for_each(|value| put_str(buf, value));
     match *record {
         Record::Match { time, .. } | Record::Done { time, .. } => {
             buf.extend_from_slice(&time.to_le_bytes());

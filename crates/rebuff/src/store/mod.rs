@@ -94,7 +94,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rebuff_engine::{Time, Values};
+use rebuff_engine::{Key, Time, Values};
 
 use lock::{DirLock, Hold, LOCK_WAIT};
 
@@ -110,6 +110,56 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// the disk is back, and the rate of error lines while it is not.
 const MAX_RETRY: Duration = Duration::from_secs(10);
 
+/// The values of a record: as text, or as the tracker's compact key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordValues<'a> {
+    Text(&'a [String]),
+    Key(&'a Key),
+}
+
+impl<'a> From<&'a [String]> for RecordValues<'a> {
+    fn from(values: &'a [String]) -> Self {
+        RecordValues::Text(values)
+    }
+}
+
+impl<'a> From<&'a Values> for RecordValues<'a> {
+    fn from(values: &'a Values) -> Self {
+        RecordValues::Text(values)
+    }
+}
+
+impl<'a> From<&'a Key> for RecordValues<'a> {
+    fn from(key: &'a Key) -> Self {
+        RecordValues::Key(key)
+    }
+}
+
+impl RecordValues<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            RecordValues::Text(values) => values.len(),
+            RecordValues::Key(key) => key.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` with each value's text, in order.
+    pub fn for_each(&self, mut f: impl FnMut(&str)) {
+        match self {
+            RecordValues::Text(values) => values.iter().for_each(|v| f(v)),
+            RecordValues::Key(key) => {
+                for part in key.parts() {
+                    part.with_text(0, &mut f);
+                }
+            }
+        }
+    }
+}
+
 /// A record as the tracker appends it (borrowed, so the hot path does not
 /// clone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +167,7 @@ pub enum Record<'a> {
     Match {
         stream: &'a str,
         filter: &'a str,
-        values: &'a [String],
+        values: RecordValues<'a>,
         time: Time,
     },
     /// `replace`: an `extend` duplicate; it replaces the key's pending
@@ -125,7 +175,7 @@ pub enum Record<'a> {
     Trigger {
         stream: &'a str,
         filter: &'a str,
-        values: &'a [String],
+        values: RecordValues<'a>,
         time: Time,
         replace: bool,
     },
@@ -134,14 +184,14 @@ pub enum Record<'a> {
     Done {
         stream: &'a str,
         filter: &'a str,
-        values: &'a [String],
+        values: RecordValues<'a>,
         time: Time,
     },
     /// A flush: everything about the key is forgotten.
     Forget {
         stream: &'a str,
         filter: &'a str,
-        values: &'a [String],
+        values: RecordValues<'a>,
     },
 }
 
@@ -820,7 +870,7 @@ mod tests {
         Record::Match {
             stream: "ssh",
             filter: "failed",
-            values,
+            values: values.into(),
             time,
         }
     }
@@ -829,7 +879,7 @@ mod tests {
         Record::Trigger {
             stream: "ssh",
             filter: "failed",
-            values,
+            values: values.into(),
             time,
             replace,
         }
@@ -839,7 +889,7 @@ mod tests {
         Record::Done {
             stream: "ssh",
             filter: "failed",
-            values,
+            values: values.into(),
             time,
         }
     }
@@ -848,7 +898,7 @@ mod tests {
         Record::Forget {
             stream: "ssh",
             filter: "failed",
-            values,
+            values: values.into(),
         }
     }
 
@@ -886,7 +936,7 @@ mod tests {
         let other_filter = Record::Match {
             stream: "ssh",
             filter: "invalid",
-            values: &a,
+            values: a.as_slice().into(),
             time: 9,
         };
         let records = [
@@ -1198,7 +1248,7 @@ mod tests {
                 Record::Match {
                     stream: "",
                     filter: "фильтр",
-                    values: &none,
+                    values: none.as_slice().into(),
                     time: Time::MAX,
                 },
             ],
