@@ -51,8 +51,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::validate::MAX_ACTIONS;
 use crate::config::{Action, Config};
-use crate::control::{ControlCmd, Request, Response, Selection};
+use crate::control::{ControlCmd, Request, Response, Selection, show};
 use crate::events::{ExitOutcome, Finished, Match, MatchBatch, TriggerRef, format_time, now_ms};
 use crate::exec::{ActionJob, Executor};
 use crate::log;
@@ -94,9 +95,9 @@ struct PendingTrigger {
     /// running from the previous jailing of that address), in
     /// configuration order.
     blocked: ActionSet,
-    /// Actions due up to this time were due when the state was restored:
-    /// they are replays, which the exporter's families leave out.
-    replay_until: Time,
+    /// Restored at start: its actions due by then ([`Tracker::restored_at`])
+    /// are replays, which the exporter's families leave out.
+    restored: bool,
 }
 
 impl PendingTrigger {
@@ -109,79 +110,56 @@ impl PendingTrigger {
             held: ActionSet::default(),
             in_flight: 0,
             blocked: ActionSet::default(),
-            replay_until: 0,
+            restored: false,
         }
     }
 }
 
-/// A set of action indices of one filter: a bit each for the first 64 (a
-/// filter has a few actions), a sorted list for the others. Iterates in
-/// configuration order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct ActionSet {
-    low: u64,
-    /// Boxed so that the set is two words, not four: the list is rare.
-    #[expect(clippy::box_collection, reason = "one word for a rarely used list")]
-    high: Option<Box<Vec<usize>>>,
-}
+/// A set of action indices of one filter, a bit each (configurations have
+/// at most [`MAX_ACTIONS`] actions per filter). Iterates in configuration
+/// order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ActionSet(u64);
 
 impl ActionSet {
-    fn contains(&self, action: usize) -> bool {
-        match action {
-            0..64 => self.low & (1 << action) != 0,
-            _ => self
-                .high
-                .as_ref()
-                .is_some_and(|high| high.binary_search(&action).is_ok()),
-        }
+    /// The bit of `action`; none beyond [`MAX_ACTIONS`], which the
+    /// configuration refuses.
+    fn bit(action: usize) -> u64 {
+        u32::try_from(action)
+            .ok()
+            .and_then(|a| 1u64.checked_shl(a))
+            .unwrap_or(0)
+    }
+
+    fn contains(self, action: usize) -> bool {
+        self.0 & Self::bit(action) != 0
     }
 
     fn insert(&mut self, action: usize) {
-        match action {
-            0..64 => self.low |= 1 << action,
-            _ => {
-                let high = self.high.get_or_insert_default();
-                if let Err(at) = high.binary_search(&action) {
-                    high.insert(at, action);
-                }
-            }
-        }
+        self.0 |= Self::bit(action);
     }
 
     fn remove(&mut self, action: usize) {
-        match action {
-            0..64 => self.low &= !(1 << action),
-            _ => {
-                if let Some(high) = &mut self.high {
-                    high.retain(|&a| a != action);
-                    if high.is_empty() {
-                        self.high = None;
-                    }
-                }
-            }
-        }
+        self.0 &= !Self::bit(action);
     }
 
-    fn is_empty(&self) -> bool {
-        self.low == 0 && self.high.is_none()
+    fn is_empty(self) -> bool {
+        self.0 == 0
     }
 
-    fn len(&self) -> usize {
-        self.low.count_ones() as usize + self.high.as_ref().map_or(0, |high| high.len())
+    fn len(self) -> usize {
+        self.0.count_ones() as usize
     }
 
     fn clear(&mut self) {
-        *self = ActionSet::default();
+        self.0 = 0;
     }
 
-    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        let low = self.low;
-        (0..64usize)
-            .filter(move |&a| low & (1 << a) != 0)
-            .chain(self.high.iter().flat_map(|high| high.iter().copied()))
+    fn iter(self) -> impl Iterator<Item = usize> {
+        (0..MAX_ACTIONS).filter(move |&a| self.contains(a))
     }
 
-    fn to_vec(&self) -> Vec<usize> {
+    fn to_vec(self) -> Vec<usize> {
         self.iter().collect()
     }
 }
@@ -208,11 +186,10 @@ type TriggerMap = KeyMap<Triggers>;
 /// It names its trigger's entry in its filter's jail by slot, and the
 /// trigger by id: a slot freed and reused by another value holds no
 /// trigger of that id, so the timer is then stale, as it should be.
+/// Timers due at the same time fire in trigger order (then by action).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     at: Time,
-    /// Breaks ties in scheduling order.
-    seq: u64,
     trigger: u64,
     filter: u32,
     slot: u32,
@@ -487,7 +464,8 @@ pub struct Tracker {
     /// reports sent before a reload reached their sender.
     older: Vec<Generation>,
     timers: BinaryHeap<Reverse<Timer>>,
-    next_seq: u64,
+    /// When the state was restored (see [`PendingTrigger::restored`]).
+    restored_at: Time,
     next_trigger_id: u64,
     /// Actions to hand to the executor after the next commit.
     ready: Vec<ActionJob>,
@@ -512,7 +490,7 @@ impl Tracker {
             generation: 0,
             older: Vec::new(),
             timers: BinaryHeap::new(),
-            next_seq: 0,
+            restored_at: 0,
             next_trigger_id: 0,
             ready: Vec::new(),
             durable_needed: false,
@@ -610,7 +588,8 @@ impl Tracker {
         fs.decider.restore_trigger(key, time);
         self.next_trigger_id += 1;
         let mut trigger = PendingTrigger::new(self.next_trigger_id, time);
-        trigger.replay_until = now;
+        trigger.restored = true;
+        self.restored_at = now;
         let mut rerun = Vec::new();
         for (action, spec) in fs.decider.plan().actions.iter().enumerate() {
             if !fs.decider.plan().action_applies(action, values) {
@@ -678,7 +657,7 @@ impl Tracker {
         let id = self.next_trigger_id;
         let mut trigger = PendingTrigger::new(id, time);
         trigger.pending = pending.iter().copied().collect();
-        trigger.armed = trigger.pending.clone();
+        trigger.armed = trigger.pending;
         let (slot, list) = self.filters[fid]
             .jail
             .get_or_insert_with(values, Triggers::new);
@@ -695,10 +674,8 @@ impl Tracker {
         let after = self.filters[fid].decider.plan().actions[action]
             .after
             .unwrap_or(0);
-        self.next_seq += 1;
         self.timers.push(Reverse(Timer {
             at: time.saturating_add(after),
-            seq: self.next_seq,
             trigger,
             filter: fid as u32,
             slot,
@@ -712,6 +689,7 @@ impl Tracker {
     /// everything has finished.
     fn settle(&mut self, fid: usize, values: &Key, id: u64) {
         let (timeout, generation) = (self.action_timeout, self.generation);
+        let restored_at = self.restored_at;
         let fs = &mut self.filters[fid];
         let in_jail = fs
             .jail
@@ -739,7 +717,7 @@ impl Tracker {
             trigger.armed.remove(action);
             trigger.in_flight += 1;
             let after = fs.decider.plan().actions[action].after.unwrap_or(0);
-            let replayed = trigger.time.saturating_add(after) <= trigger.replay_until;
+            let replayed = trigger.restored && trigger.time.saturating_add(after) <= restored_at;
             next = Some((action, replayed));
         }
         let handed_over = trigger.pending.is_empty() && trigger.blocked.is_empty();
@@ -827,7 +805,7 @@ impl Tracker {
                 continue;
             };
             let actions = std::mem::take(&mut trigger.blocked).to_vec();
-            let replayed = trigger.replay_until > 0;
+            let replayed = trigger.restored;
             self.hand_over(fid, values, id, &actions, replayed);
             self.settle(fid, values, id);
         }
@@ -1296,12 +1274,7 @@ impl Tracker {
             if due > now {
                 // Extended since this timer was armed.
                 trigger.armed.insert(action);
-                self.next_seq += 1;
-                self.timers.push(Reverse(Timer {
-                    at: due,
-                    seq: self.next_seq,
-                    ..timer
-                }));
+                self.timers.push(Reverse(Timer { at: due, ..timer }));
                 continue;
             }
             trigger.held.insert(action);
@@ -1572,7 +1545,18 @@ impl Tracker {
                 self.forward_reload(cmd.respond);
                 return;
             }
-            Request::Show(selection) => self.show(&selection),
+            Request::Show(selection) => match self.show_snapshot(&selection) {
+                Ok(snapshot) => {
+                    // Rendered off the tracker, sent as it comes.
+                    let (pieces, answer) = mpsc::channel(4);
+                    tokio::task::spawn_blocking(move || {
+                        show::render(snapshot, |piece| pieces.blocking_send(piece).is_ok())
+                    });
+                    let _ = cmd.respond.send(Response::Pieces(answer));
+                    return;
+                }
+                Err(message) => Err(message),
+            },
             Request::Flush(selection) => self.flush(&selection),
             Request::Trigger {
                 stream,
@@ -1724,18 +1708,75 @@ impl Tracker {
         }
     }
 
-    fn show(&self, selection: &Selection) -> Result<Value, String> {
+    /// What `show` answers, copied compactly: every value with counted
+    /// matches or pending triggers of the selected filters, unsorted and
+    /// not yet matched against the value regexes (both are done off the
+    /// tracker, by [`show::render`]).
+    fn show_snapshot(&self, selection: &Selection) -> Result<show::Snapshot, String> {
         let now = now_ms();
-        let mut tree = Map::new();
-        for selected in self.selected(selection)? {
-            let fid = selected.fid;
-            for values in self.selected_keys(&selected, now) {
-                if let Some(entry) = self.entry(fid, &values, now) {
-                    Self::insert_entry(&mut tree, &self.filters[fid], &values, entry);
-                }
+        let mut filters = Vec::new();
+        for SelectedFilter { fid, slots } in self.selected(selection)? {
+            let fs = &self.filters[fid];
+            let window = fs.decider.window();
+            let mut rows = Vec::with_capacity(fs.jail.len() + window.len());
+            for (key, triggers) in fs.jail.iter() {
+                let matches = if window.is_empty() {
+                    0
+                } else {
+                    window.count(key, now)
+                };
+                rows.push(show::Row {
+                    key: key.clone(),
+                    matches: u32::try_from(matches).unwrap_or(u32::MAX),
+                    triggers: triggers
+                        .iter()
+                        .map(|t| show::Pending {
+                            time: t.time,
+                            actions: t.pending.0,
+                        })
+                        .collect(),
+                });
             }
+            for (key, _) in window.iter() {
+                if fs.jail.contains_key(key) {
+                    continue;
+                }
+                rows.push(show::Row {
+                    key: key.clone(),
+                    matches: u32::try_from(window.count(key, now)).unwrap_or(u32::MAX),
+                    triggers: SmallVec::new(),
+                });
+            }
+            let plan = fs.decider.plan();
+            filters.push(show::FilterRows {
+                stream: fs.stream.clone(),
+                filter: fs.name.clone(),
+                actions: fs
+                    .action_names
+                    .iter()
+                    .zip(&plan.actions)
+                    .map(|(name, spec)| (name.clone(), spec.after.unwrap_or(0)))
+                    .collect(),
+                slots,
+                rows,
+            });
         }
-        Ok(Value::Object(tree))
+        Ok(show::Snapshot {
+            filters,
+            max: selection.max,
+        })
+    }
+
+    /// `show`'s answer as a tree, rendered here (tests).
+    #[cfg(test)]
+    fn show(&self, selection: &Selection) -> Result<Value, String> {
+        let mut text = Vec::new();
+        show::render(self.show_snapshot(selection)?, |piece| {
+            text.extend_from_slice(&piece);
+            true
+        });
+        let mut answer: Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        Ok(answer["ok"].take())
     }
 
     /// Runs the selected pending actions now and forgets the selected
@@ -1775,9 +1816,9 @@ impl Tracker {
         let mut released = Vec::new();
         for mut trigger in fs.jail.remove(values).unwrap_or_default() {
             trigger.time = all_due;
-            trigger.replay_until = 0;
+            trigger.restored = false;
             trigger.armed.clear();
-            trigger.held = trigger.pending.clone();
+            trigger.held = trigger.pending;
             released.push(trigger.id);
             fs.retiring
                 .get_or_insert_with(values, Triggers::new)
@@ -2431,6 +2472,7 @@ streams:
         let select = |pattern: &str| Selection {
             limit: None,
             patterns: vec![("ip".to_owned(), pattern.to_owned())],
+            max: None,
         };
         let tree = tracker.show(&select("192.0.2.7")).expect("show");
         assert_eq!(
@@ -2439,6 +2481,64 @@ streams:
         );
         assert_eq!(tracker.show(&select("user")).expect("show"), json!({}));
         assert!(tracker.show(&select("(")).is_err());
+    }
+
+    /// A `show` through the control path: the pieces put together.
+    async fn show_answer(tracker: &mut Tracker, selection: Selection) -> String {
+        let (respond, answer) = oneshot::channel();
+        tracker.on_control(ControlCmd {
+            request: Request::Show(selection),
+            respond,
+        });
+        let Ok(Response::Pieces(mut pieces)) = answer.await else {
+            panic!("a show answers in pieces");
+        };
+        let mut text = Vec::new();
+        while let Some(piece) = pieces.recv().await {
+            text.extend_from_slice(&piece);
+        }
+        String::from_utf8(text).expect("utf-8")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn show_in_pieces_is_the_tree_flush_answers_and_max_cuts_it() {
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        let now = now_ms();
+        for ip in ["192.0.2.9", "192.0.2.10", "2001:db8::7"] {
+            ban(&mut tracker, &values(ip), now);
+        }
+        tracker.on_match(0, values("198.51.100.1"), now);
+        let text = show_answer(&mut tracker, Selection::default()).await;
+        let unban = format_time(now + HOUR);
+        let tree = json!({"ssh": {"failed": {
+            "192.0.2.10": {"actions": {"unban": [unban]}},
+            "192.0.2.9": {"actions": {"unban": [unban]}},
+            "198.51.100.1": {"matches": 1},
+            "2001:db8::7": {"actions": {"unban": [unban]}},
+        }}});
+        // Byte for byte what the whole tree serialized is.
+        assert_eq!(text, json!({ "ok": tree }).to_string());
+        let cut = show_answer(
+            &mut tracker,
+            Selection {
+                max: Some(1),
+                ..Selection::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            cut,
+            json!({"ok": {"ssh": {"failed": {"192.0.2.10": {"actions": {"unban": [unban]}}}}},
+                   "left_out": 3})
+            .to_string()
+        );
+        // A flush answers the same tree, whole, and leaves nothing.
+        assert_eq!(tracker.flush(&Selection::default()).expect("flush"), tree);
+        assert_eq!(
+            show_answer(&mut tracker, Selection::default()).await,
+            r#"{"ok":{}}"#
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
