@@ -474,6 +474,8 @@ pub struct Tracker {
     report: TrackerReport,
     metrics: Arc<Metrics>,
     reload_requests: Option<mpsc::Sender<oneshot::Sender<Response>>>,
+    /// Flushes under way, oldest first, with where their answer goes.
+    flushing: std::collections::VecDeque<(FlushJob, oneshot::Sender<Response>)>,
 }
 
 impl Tracker {
@@ -497,6 +499,7 @@ impl Tracker {
             report: TrackerReport::default(),
             metrics: deps.metrics,
             reload_requests: deps.reload_requests,
+            flushing: std::collections::VecDeque::new(),
         }
     }
 
@@ -861,6 +864,9 @@ impl Tracker {
                 () = sleep_until_opt(timer_deadline), if timer_deadline.is_some() => {
                     self.fire_due_timers(now_ms());
                 }
+                () = std::future::ready(()), if !self.flushing.is_empty() => {
+                    self.flush_step(now_ms());
+                }
                 () = inputs.stop.cancelled() => {
                     while let Ok(batch) = inputs.matches.try_recv() {
                         self.on_batch(batch);
@@ -883,6 +889,10 @@ impl Tracker {
                 self.compact_or_log();
             }
             self.dispatch_ready();
+        }
+        // Flushes accepted are finished and answered.
+        while !self.flushing.is_empty() {
+            self.flush_step(now_ms());
         }
         self.finish_handed_over(&mut inputs.finished).await;
         self.run_onexit().await;
@@ -1546,7 +1556,7 @@ impl Tracker {
                 return;
             }
             Request::Show(selection) => match self.show_snapshot(&selection) {
-                Ok(snapshot) => {
+                Ok((snapshot, _)) => {
                     // Rendered off the tracker, sent as it comes.
                     let (pieces, answer) = mpsc::channel(4);
                     tokio::task::spawn_blocking(move || {
@@ -1557,7 +1567,14 @@ impl Tracker {
                 }
                 Err(message) => Err(message),
             },
-            Request::Flush(selection) => self.flush(&selection),
+            Request::Flush(selection) => match self.flush_job(&selection) {
+                Ok(job) => {
+                    // Flushed a chunk per round, then answered.
+                    self.flushing.push_back((job, cmd.respond));
+                    return;
+                }
+                Err(message) => Err(message),
+            },
             Request::Trigger {
                 stream,
                 filter,
@@ -1635,33 +1652,6 @@ impl Tracker {
         Ok(out)
     }
 
-    /// The selected keys of a filter: every value with counted matches or
-    /// pending triggers.
-    fn selected_keys(&self, selected: &SelectedFilter, now: Time) -> Vec<Key> {
-        let (fid, slots) = (selected.fid, &selected.slots);
-        let fs = &self.filters[fid];
-        let keep = |values: &Key| {
-            slots.iter().all(|(slot, re)| {
-                values
-                    .with_text(*slot, |text| re.is_match(text))
-                    .unwrap_or(false)
-            })
-        };
-        let mut keys: Vec<Key> = fs
-            .decider
-            .window()
-            .iter()
-            .map(|(values, _)| values)
-            .filter(|v| fs.decider.window().count(v, now) > 0)
-            .chain(fs.jail.keys())
-            .filter(|v| keep(v))
-            .cloned()
-            .collect();
-        keys.sort_unstable_by(Key::cmp_text);
-        keys.dedup();
-        keys
-    }
-
     fn entry(&self, fid: usize, values: &Key, now: Time) -> Option<Value> {
         let fs = &self.filters[fid];
         let mut entry = Map::new();
@@ -1712,10 +1702,12 @@ impl Tracker {
     /// matches or pending triggers of the selected filters, unsorted and
     /// not yet matched against the value regexes (both are done off the
     /// tracker, by [`show::render`]).
-    fn show_snapshot(&self, selection: &Selection) -> Result<show::Snapshot, String> {
+    fn show_snapshot(&self, selection: &Selection) -> Result<(show::Snapshot, Vec<usize>), String> {
         let now = now_ms();
         let mut filters = Vec::new();
+        let mut fids = Vec::new();
         for SelectedFilter { fid, slots } in self.selected(selection)? {
+            fids.push(fid);
             let fs = &self.filters[fid];
             let window = fs.decider.window();
             let mut rows = Vec::with_capacity(fs.jail.len() + window.len());
@@ -1761,17 +1753,18 @@ impl Tracker {
                 rows,
             });
         }
-        Ok(show::Snapshot {
+        let snapshot = show::Snapshot {
             filters,
             max: selection.max,
-        })
+        };
+        Ok((snapshot, fids))
     }
 
     /// `show`'s answer as a tree, rendered here (tests).
     #[cfg(test)]
     fn show(&self, selection: &Selection) -> Result<Value, String> {
         let mut text = Vec::new();
-        show::render(self.show_snapshot(selection)?, |piece| {
+        show::render(self.show_snapshot(selection)?.0, |piece| {
             text.extend_from_slice(&piece);
             true
         });
@@ -1781,19 +1774,85 @@ impl Tracker {
 
     /// Runs the selected pending actions now and forgets the selected
     /// matches; answers with what was flushed.
-    fn flush(&mut self, selection: &Selection) -> Result<Value, String> {
-        let now = now_ms();
-        let mut tree = Map::new();
-        for selected in self.selected(selection)? {
-            let fid = selected.fid;
-            for values in self.selected_keys(&selected, now) {
-                if let Some(entry) = self.entry(fid, &values, now) {
-                    Self::insert_entry(&mut tree, &self.filters[fid], &values, entry);
-                }
-                self.flush_value(fid, &values, now);
+    /// A flush as a job: the selected entries as they are now, to flush
+    /// chunk by chunk and answer with.
+    fn flush_job(&self, selection: &Selection) -> Result<FlushJob, String> {
+        let (mut snapshot, fids) = self.show_snapshot(selection)?;
+        snapshot.max = None;
+        Ok(FlushJob {
+            generation: self.generation,
+            snapshot,
+            fids,
+            filter: 0,
+            row: 0,
+        })
+    }
+
+    /// Flushes up to `budget` more entries of `job`; returns whether it is
+    /// done. An entry is flushed as it is when its turn comes.
+    fn flush_some(&mut self, job: &mut FlushJob, mut budget: usize, now: Time) -> bool {
+        while budget > 0 {
+            let Some(rows) = job.snapshot.filters.get(job.filter) else {
+                return true;
+            };
+            let Some(row) = rows.rows.get(job.row) else {
+                job.filter += 1;
+                job.row = 0;
+                continue;
+            };
+            job.row += 1;
+            budget -= 1;
+            // What `show` lists: counted matches, or triggers kept.
+            let selected = (row.matches > 0 || !row.triggers.is_empty())
+                && rows.slots.iter().all(|(slot, re)| {
+                    row.key
+                        .with_text(*slot, |text| re.is_match(text))
+                        .unwrap_or(false)
+                });
+            // A reload since: the filter's id now, if it is still there.
+            let fid = self.current_filter(job.generation, job.fids[job.filter]);
+            if let (true, Some(fid)) = (selected, fid) {
+                let key = row.key.clone();
+                self.flush_value(fid, &key, now);
             }
         }
-        Ok(Value::Object(tree))
+        job.filter >= job.snapshot.filters.len()
+    }
+
+    /// One round's chunk of the oldest flush under way; once it is done
+    /// (and committed), its answer is rendered off the tracker.
+    fn flush_step(&mut self, now: Time) {
+        let Some((mut job, respond)) = self.flushing.pop_front() else {
+            return;
+        };
+        if !self.flush_some(&mut job, FLUSH_CHUNK, now) {
+            self.flushing.push_front((job, respond));
+            return;
+        }
+        // Durable before the client hears "done" and before actions run.
+        self.commit_or_log();
+        self.dispatch_ready();
+        let (pieces, answer) = mpsc::channel(4);
+        let snapshot = job.snapshot;
+        tokio::task::spawn_blocking(move || {
+            show::render(snapshot, |piece| pieces.blocking_send(piece).is_ok())
+        });
+        let _ = respond.send(Response::Pieces(answer));
+    }
+
+    /// Runs the selected pending actions now and forgets the selected
+    /// matches, all at once; answers with what was flushed (tests).
+    #[cfg(test)]
+    fn flush(&mut self, selection: &Selection) -> Result<Value, String> {
+        let mut job = self.flush_job(selection)?;
+        while !self.flush_some(&mut job, FLUSH_CHUNK, now_ms()) {}
+        let mut text = Vec::new();
+        show::render(job.snapshot, |piece| {
+            text.extend_from_slice(&piece);
+            true
+        });
+        let mut answer: Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        Ok(answer["ok"].take())
     }
 
     /// Forgets the matches and triggers of `values` and releases every
@@ -1889,6 +1948,24 @@ impl Tracker {
         }
         Ok(Value::Object(tree))
     }
+}
+
+/// Entries a flush handles per tracker round.
+const FLUSH_CHUNK: usize = 4096;
+
+/// A flush under way, a chunk per tracker round: a flush of a million
+/// entries never stops matching and timers for long.
+#[derive(Debug)]
+struct FlushJob {
+    /// The configuration generation `fids` belong to.
+    generation: u64,
+    /// The selected entries as they were: what is flushed, and the answer.
+    snapshot: show::Snapshot,
+    /// The filter id of each of the snapshot's filters.
+    fids: Vec<usize>,
+    /// Where the next chunk starts.
+    filter: usize,
+    row: usize,
 }
 
 /// A filter `show`/`flush` act on, and the value regexes to apply to its
@@ -2539,6 +2616,46 @@ streams:
             show_answer(&mut tracker, Selection::default()).await,
             r#"{"ok":{}}"#
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_large_flush_goes_a_chunk_per_round_and_answers_once_done() {
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        let now = now_ms();
+        let count = FLUSH_CHUNK + 100;
+        for i in 0..count {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).to_string();
+            ban(&mut tracker, &values(&ip), now);
+        }
+        let (respond, mut answer) = oneshot::channel();
+        tracker.on_control(ControlCmd {
+            request: Request::Flush(Selection::default()),
+            respond,
+        });
+        tracker.flush_step(now);
+        // One chunk done: the rest is still jailed, and no answer yet.
+        assert!(answer.try_recv().is_err());
+        assert_eq!(tracker.filters[0].jail.len(), count - FLUSH_CHUNK);
+        tracker.flush_step(now);
+        assert!(tracker.flushing.is_empty());
+        assert_eq!(tracker.filters[0].jail.len(), 0);
+        let Ok(Response::Pieces(mut pieces)) = answer.await else {
+            panic!("a flush answers in pieces");
+        };
+        let mut text = Vec::new();
+        while let Some(piece) = pieces.recv().await {
+            text.extend_from_slice(&piece);
+        }
+        let tree: Value = serde_json::from_slice(&text).expect("JSON");
+        let flushed = tree["ok"]["ssh"]["failed"].as_object().expect("entries");
+        assert_eq!(flushed.len(), count);
+        assert_eq!(
+            flushed["10.0.0.1"],
+            json!({"actions": {"unban": [format_time(now + HOUR)]}})
+        );
+        // Every unban was released and handed over.
+        assert_eq!(tracker.report.actions, count as u64);
     }
 
     #[tokio::test(flavor = "multi_thread")]
