@@ -99,7 +99,7 @@ pub fn render(snapshot: Snapshot, mut sink: impl FnMut(Vec<u8>) -> bool) -> u64 
             left_out += filter.rows.len() as u64;
             continue;
         }
-        filter.rows.sort_unstable_by(|a, b| a.key.cmp_text(&b.key));
+        let (texts, order) = sorted(&filter.rows);
         // A stream's filters are consecutive: open its object once.
         if last_stream.as_deref() != Some(&*filter.stream) {
             if last_stream.is_some() {
@@ -113,8 +113,8 @@ pub fn render(snapshot: Snapshot, mut sink: impl FnMut(Vec<u8>) -> bool) -> u64 
         last_stream = Some(filter.stream.clone());
         string(&mut out, &filter.filter);
         out.extend_from_slice(b":{");
-        let count = filter.rows.len();
-        for (i, row) in filter.rows.iter().enumerate() {
+        let count = order.len();
+        for (i, &(start, end, index)) in order.iter().enumerate() {
             if shown >= max {
                 left_out += (count - i) as u64;
                 break;
@@ -122,7 +122,12 @@ pub fn render(snapshot: Snapshot, mut sink: impl FnMut(Vec<u8>) -> bool) -> u64 
             if i > 0 {
                 out.push(b',');
             }
-            entry(&mut out, &filter.actions, row);
+            entry(
+                &mut out,
+                &filter.actions,
+                &texts[start..end],
+                &filter.rows[index],
+            );
             shown += 1;
             if out.len() >= PIECE
                 && !sink(std::mem::replace(
@@ -148,14 +153,37 @@ pub fn render(snapshot: Snapshot, mut sink: impl FnMut(Vec<u8>) -> bool) -> u64 
     left_out
 }
 
+/// The rows' keys as text (values joined by a space) in one string, and
+/// `(start, end, row)` in the order `show` lists them: by values, one by
+/// one. A filter's keys all have as many values; with one each, that is
+/// the order of the texts, compared without formatting again.
+fn sorted(rows: &[Row]) -> (String, Vec<(usize, usize, usize)>) {
+    use std::fmt::Write as _;
+    let mut texts = String::new();
+    let mut order = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        let start = texts.len();
+        // Writing to a String cannot fail.
+        let _ = write!(texts, "{}", row.key);
+        order.push((start, texts.len(), index));
+    }
+    if rows.iter().all(|row| row.key.len() == 1) {
+        let bytes = texts.as_bytes();
+        order.sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
+    } else {
+        order.sort_unstable_by(|a, b| rows[a.2].key.cmp_text(&rows[b.2].key));
+    }
+    (texts, order)
+}
+
 /// Whether a row has anything to show.
 fn has_content(row: &Row) -> bool {
     row.matches > 0 || row.triggers.iter().any(|t| t.actions != 0)
 }
 
 /// `"values":{"matches":n,"actions":{…}}`, as `serde_json` writes it.
-fn entry(out: &mut Vec<u8>, actions: &[(Arc<str>, Time)], row: &Row) {
-    string(out, &row.key.to_string());
+fn entry(out: &mut Vec<u8>, actions: &[(Arc<str>, Time)], text: &str, row: &Row) {
+    string(out, text);
     out.extend_from_slice(b":{");
     let mut first = true;
     if row.matches > 0 {
@@ -293,6 +321,44 @@ mod tests {
         let whole = json!({"ok": {"ssh": {"failed": {"10.0.0.1": {"matches": 2, "actions": {
             "ban": ["1970-01-01T00:00:00Z"], "unban": ["1970-01-01T01:00:00Z"]}}}}}});
         assert_eq!(String::from_utf8(text).expect("utf-8"), whole.to_string());
+    }
+
+    #[test]
+    fn several_values_sort_value_by_value() {
+        let mut f = filter(
+            "s",
+            "f",
+            ["b a", "a", "a b"]
+                .iter()
+                .map(|v| Row {
+                    key: Key::from_values(&v.split(' ').collect::<Vec<_>>()),
+                    matches: 1,
+                    triggers: SmallVec::new(),
+                })
+                .collect(),
+        );
+        f.rows.push(Row {
+            key: Key::from_values(&["a b", "c"]),
+            matches: 2,
+            triggers: SmallVec::new(),
+        });
+        f.rows.retain(|r| r.key.len() == 2);
+        let mut text = Vec::new();
+        render(
+            Snapshot {
+                filters: vec![f],
+                max: None,
+            },
+            |piece| {
+                text.extend_from_slice(&piece);
+                true
+            },
+        );
+        // ["a", "b"] < ["a b", "c"] < ["b", "a"], as Vec<String> orders.
+        assert_eq!(
+            String::from_utf8(text).expect("utf-8"),
+            r#"{"ok":{"s":{"f":{"a b":{"matches":1},"a b c":{"matches":2},"b a":{"matches":1}}}}}"#
+        );
     }
 
     #[test]
