@@ -522,7 +522,7 @@ impl Tracker {
     /// read-only) is logged and counted, and the daemon starts on the state
     /// in memory.
     pub fn restore(&mut self, restored: Restored, now: Time) -> anyhow::Result<()> {
-        let mut dropped: HashMap<(String, String), u64> = HashMap::new();
+        let mut dropped: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
         for entry in restored.entries {
             let Some(fid) = self.filter_index(&entry.stream, &entry.filter) else {
                 *dropped.entry((entry.stream, entry.filter)).or_default() += 1;
@@ -533,7 +533,7 @@ impl Tracker {
                 continue;
             }
             let fs = &mut self.filters[fid];
-            let key = Key::from_values(&entry.values);
+            let key = entry.values;
             let period = fs.decider.plan().retry_period;
             if fs.persist_matches {
                 for &time in &entry.matches {
@@ -546,8 +546,20 @@ impl Tracker {
             if !fs.persist_triggers {
                 continue;
             }
+            // Only `ipv4only`/`ipv6only` look at the values' text.
+            let values = if fs
+                .decider
+                .plan()
+                .actions
+                .iter()
+                .any(|a| a.ip_only.is_some())
+            {
+                key.to_values()
+            } else {
+                Values::default()
+            };
             for &time in &entry.triggers {
-                self.restore_trigger(fid, &key, &entry.values, time, now);
+                self.restore_trigger(fid, &key, &values, time, now);
             }
         }
         for ((stream, filter), count) in dropped {

@@ -94,7 +94,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use rebuff_engine::{Key, Time, Values};
+use smallvec::SmallVec;
 
 use lock::{DirLock, Hold, LOCK_WAIT};
 
@@ -199,14 +202,19 @@ pub enum Record<'a> {
 /// replaying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredEntry {
-    pub stream: String,
-    pub filter: String,
-    pub values: Values,
+    /// Shared by every entry of the stream (and of the filter): a million
+    /// entries do not make a million copies of the names.
+    pub stream: Arc<str>,
+    pub filter: Arc<str>,
+    pub values: Key,
     /// Match times, in the order they were appended.
-    pub matches: Vec<Time>,
+    pub matches: Times,
     /// Times of the triggers with delayed actions still pending.
-    pub triggers: Vec<Time>,
+    pub triggers: Times,
 }
+
+/// Times of one entry: usually one, kept inline.
+pub type Times = SmallVec<[Time; 1]>;
 
 /// The state replayed from the log at [`Store::open`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -906,9 +914,9 @@ mod tests {
         RestoredEntry {
             stream: "ssh".into(),
             filter: "failed".into(),
-            values: values.into(),
-            matches: matches.to_vec(),
-            triggers: triggers.to_vec(),
+            values: Key::from_values(values),
+            matches: matches.into(),
+            triggers: triggers.into(),
         }
     }
 
@@ -1258,11 +1266,11 @@ mod tests {
 
         let (_store, restored) = open(dir.path());
         let empty_key = RestoredEntry {
-            stream: String::new(),
+            stream: "".into(),
             filter: "фильтр".into(),
-            values: Values::default(),
-            matches: vec![Time::MAX],
-            triggers: vec![],
+            values: Key::from_values::<&str>(&[]),
+            matches: [Time::MAX].into(),
+            triggers: Times::new(),
         };
         assert_eq!(
             restored.entries,
