@@ -216,6 +216,11 @@ impl FilterDecider {
         self.jail.remove(values).is_some() || matched
     }
 
+    /// Room for `additional` more jailed values (a restore of many).
+    pub fn reserve_jail(&mut self, additional: usize) {
+        self.jail.reserve(additional);
+    }
+
     /// Restores a persisted trigger: `values` jailed as if triggered at `time`.
     pub fn restore_trigger(&mut self, values: &Key, time: Time) {
         if let Some(delay) = self.plan.longest_delay() {

@@ -265,6 +265,18 @@ impl<V> KeyMap<V> {
             .copied()
     }
 
+    /// Room for `additional` more entries without growing.
+    pub fn reserve(&mut self, additional: usize) {
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.reserve(additional, |&j| {
+            slots[j as usize]
+                .as_ref()
+                .map_or(0, |(k, _)| hasher.hash_one(k))
+        });
+        self.slots
+            .reserve(additional.saturating_sub(self.free.len()));
+    }
+
     /// The slot of `key`, if present.
     pub fn slot(&self, key: &Key) -> Option<u32> {
         self.find(key)
@@ -548,6 +560,7 @@ mod tests {
     #[test]
     fn a_map_inserts_finds_removes_and_reuses_slots() {
         let mut map = KeyMap::default();
+        map.reserve(10);
         let a = Key::from_value("192.0.2.1");
         let b = Key::from_value("bob");
         assert_eq!(map.insert(a.clone(), 1), None);

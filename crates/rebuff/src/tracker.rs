@@ -35,6 +35,15 @@
 //!   to that stream's filters, and it finishes at once; the triggers those
 //!   matches make are committed before their own actions are handed over
 //!   (dispatch goes round by round, with a commit between rounds).
+//!
+//! Memory: a jail may hold a million addresses, so per-value state is
+//! compact. Values are kept as [`Key`]s (an address as bytes, inline) in
+//! slab-backed [`KeyMap`]s; a trigger's action lists are bitsets
+//! ([`ActionSet`]) and a value's triggers sit inline when there is one;
+//! timers name their value by jail slot, not by a copy of it. Text is made
+//! only where it is needed: for an action's argv and log lines, and for
+//! store records. `show` copies a compact snapshot and renders it off the
+//! tracker ([`show::render`]); `flush` goes a chunk of entries per round.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -523,6 +532,33 @@ impl Tracker {
     /// in memory.
     pub fn restore(&mut self, restored: Restored, now: Time) -> anyhow::Result<()> {
         let mut dropped: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
+        // Room for every entry with triggers at once, not a rehash at
+        // every doubling of a million.
+        let mut counts = vec![0usize; self.filters.len()];
+        let mut last: Option<(&str, &str, Option<usize>)> = None;
+        for entry in &restored.entries {
+            let fid = match last {
+                Some((stream, filter, fid))
+                    if stream == &*entry.stream && filter == &*entry.filter =>
+                {
+                    fid
+                }
+                _ => self.filter_index(&entry.stream, &entry.filter),
+            };
+            last = Some((&entry.stream, &entry.filter, fid));
+            if let Some(fid) = fid
+                && !entry.triggers.is_empty()
+            {
+                counts[fid] += 1;
+            }
+        }
+        for (fs, &count) in self.filters.iter_mut().zip(&counts) {
+            if fs.persist_triggers && count > 0 {
+                fs.jail.reserve(count);
+                fs.decider.reserve_jail(count);
+            }
+        }
+        self.timers.reserve(counts.iter().sum());
         for entry in restored.entries {
             let Some(fid) = self.filter_index(&entry.stream, &entry.filter) else {
                 *dropped.entry((entry.stream, entry.filter)).or_default() += 1;

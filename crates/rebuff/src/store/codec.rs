@@ -158,7 +158,11 @@ pub(super) fn replay(bytes: &[u8]) -> Replayed {
     // file: the encoding is deterministic and length-prefixed, so equal
     // keys have equal bytes, and a record costs no allocation unless it
     // introduces a key.
-    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    // Sized for a compacted log of one-value entries (a frame is some 40
+    // bytes), so a large restore does not rehash again and again; keys
+    // come from the file, which rebuff wrote, hence the fast hasher.
+    let mut index: HashMap<&[u8], usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(bytes.len() / 64, Default::default());
     // `None` is a key forgotten after it was first seen: removing it from
     // the vector would shift every later index.
     let mut slots: Vec<Option<RestoredEntry>> = Vec::new();
