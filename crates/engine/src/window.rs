@@ -110,6 +110,22 @@ impl RetryWindow {
         self.entries.len()
     }
 
+    /// One past the highest slot of the entries (for walking them in
+    /// pieces with [`RetryWindow::at`]; a sweep may move them).
+    pub fn slot_end(&self) -> u32 {
+        self.entries.slot_end()
+    }
+
+    /// The value in `slot` and how many of its matches count at `now`.
+    pub fn at(&self, slot: u32, now: Time) -> Option<(&Key, usize)> {
+        let (key, times) = self.entries.at(slot)?;
+        let live = times
+            .iter()
+            .filter(|&&t| is_live(t, now, self.period))
+            .count();
+        Some((key, live))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

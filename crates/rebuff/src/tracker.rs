@@ -485,6 +485,8 @@ pub struct Tracker {
     reload_requests: Option<mpsc::Sender<oneshot::Sender<Response>>>,
     /// Flushes under way, oldest first, with where their answer goes.
     flushing: std::collections::VecDeque<(FlushJob, oneshot::Sender<Response>)>,
+    /// Shows being copied, oldest first, with where their answer goes.
+    showing: std::collections::VecDeque<(Collect, oneshot::Sender<Response>)>,
 }
 
 impl Tracker {
@@ -509,6 +511,7 @@ impl Tracker {
             metrics: deps.metrics,
             reload_requests: deps.reload_requests,
             flushing: std::collections::VecDeque::new(),
+            showing: std::collections::VecDeque::new(),
         }
     }
 
@@ -912,7 +915,8 @@ impl Tracker {
                 () = sleep_until_opt(timer_deadline), if timer_deadline.is_some() => {
                     self.fire_due_timers(now_ms());
                 }
-                () = std::future::ready(()), if !self.flushing.is_empty() => {
+                () = std::future::ready(()), if !self.flushing.is_empty() || !self.showing.is_empty() => {
+                    self.show_step(now_ms());
                     self.flush_step(now_ms());
                 }
                 () = inputs.stop.cancelled() => {
@@ -938,8 +942,9 @@ impl Tracker {
             }
             self.dispatch_ready();
         }
-        // Flushes accepted are finished and answered.
-        while !self.flushing.is_empty() {
+        // Shows and flushes accepted are finished and answered.
+        while !self.flushing.is_empty() || !self.showing.is_empty() {
+            self.show_step(now_ms());
             self.flush_step(now_ms());
         }
         self.finish_handed_over(&mut inputs.finished).await;
@@ -1603,14 +1608,11 @@ impl Tracker {
                 self.forward_reload(cmd.respond);
                 return;
             }
-            Request::Show(selection) => match self.show_snapshot(&selection) {
-                Ok((snapshot, _)) => {
-                    // Rendered off the tracker, sent as it comes.
-                    let (pieces, answer) = mpsc::channel(4);
-                    tokio::task::spawn_blocking(move || {
-                        show::render(snapshot, |piece| pieces.blocking_send(piece).is_ok())
-                    });
-                    let _ = cmd.respond.send(Response::Pieces(answer));
+            Request::Show(selection) => match self.collect_job(&selection) {
+                Ok(job) => {
+                    // Copied a chunk per round, then rendered off the
+                    // tracker and sent as it comes.
+                    self.showing.push_back((job, cmd.respond));
                     return;
                 }
                 Err(message) => Err(message),
@@ -1746,47 +1748,17 @@ impl Tracker {
         }
     }
 
-    /// What `show` answers, copied compactly: every value with counted
-    /// matches or pending triggers of the selected filters, unsorted and
+    /// A copy of what `show` (or `flush`) selects, to fill a chunk per
+    /// round ([`Tracker::collect_some`]): every value with counted matches
+    /// or pending triggers of the selected filters, compact, unsorted and
     /// not yet matched against the value regexes (both are done off the
     /// tracker, by [`show::render`]).
-    fn show_snapshot(&self, selection: &Selection) -> Result<(show::Snapshot, Vec<usize>), String> {
-        let now = now_ms();
+    fn collect_job(&self, selection: &Selection) -> Result<Collect, String> {
         let mut filters = Vec::new();
         let mut fids = Vec::new();
         for SelectedFilter { fid, slots } in self.selected(selection)? {
             fids.push(fid);
             let fs = &self.filters[fid];
-            let window = fs.decider.window();
-            let mut rows = Vec::with_capacity(fs.jail.len() + window.len());
-            for (key, triggers) in fs.jail.iter() {
-                let matches = if window.is_empty() {
-                    0
-                } else {
-                    window.count(key, now)
-                };
-                rows.push(show::Row {
-                    key: key.clone(),
-                    matches: u32::try_from(matches).unwrap_or(u32::MAX),
-                    triggers: triggers
-                        .iter()
-                        .map(|t| show::Pending {
-                            time: t.time,
-                            actions: t.pending.0,
-                        })
-                        .collect(),
-                });
-            }
-            for (key, _) in window.iter() {
-                if fs.jail.contains_key(key) {
-                    continue;
-                }
-                rows.push(show::Row {
-                    key: key.clone(),
-                    matches: u32::try_from(window.count(key, now)).unwrap_or(u32::MAX),
-                    triggers: SmallVec::new(),
-                });
-            }
             let plan = fs.decider.plan();
             filters.push(show::FilterRows {
                 stream: fs.stream.clone(),
@@ -1798,21 +1770,115 @@ impl Tracker {
                     .map(|(name, spec)| (name.clone(), spec.after.unwrap_or(0)))
                     .collect(),
                 slots,
-                rows,
+                rows: Vec::new(),
             });
         }
-        let snapshot = show::Snapshot {
-            filters,
-            max: selection.max,
+        Ok(Collect {
+            generation: self.generation,
+            snapshot: show::Snapshot {
+                filters,
+                max: selection.max,
+            },
+            fids,
+            filter: 0,
+            window: false,
+            slot: 0,
+        })
+    }
+
+    /// Copies up to `budget` more entries into `job`: first each filter's
+    /// jail, then its retry window. Returns whether it is done. Entries
+    /// change between rounds: one added meanwhile may be missed or met
+    /// twice (the render shows it once).
+    fn collect_some(&self, job: &mut Collect, mut budget: usize, now: Time) -> bool {
+        while budget > 0 {
+            let Some(rows) = job.snapshot.filters.get_mut(job.filter) else {
+                return true;
+            };
+            // A reload since: the filter's id now, if it is still there.
+            let fs = self
+                .current_filter(job.generation, job.fids[job.filter])
+                .and_then(|fid| self.filters.get(fid));
+            let Some(fs) = fs else {
+                (job.filter, job.window, job.slot) = (job.filter + 1, false, 0);
+                continue;
+            };
+            let window = fs.decider.window();
+            if !job.window {
+                if job.slot >= fs.jail.slot_end() {
+                    (job.window, job.slot) = (true, 0);
+                    continue;
+                }
+                if let Some((key, triggers)) = fs.jail.at(job.slot) {
+                    let matches = if window.is_empty() {
+                        0
+                    } else {
+                        window.count(key, now)
+                    };
+                    rows.rows.push(show::Row {
+                        key: key.clone(),
+                        matches: u32::try_from(matches).unwrap_or(u32::MAX),
+                        triggers: triggers
+                            .iter()
+                            .map(|t| show::Pending {
+                                time: t.time,
+                                actions: t.pending.0,
+                            })
+                            .collect(),
+                    });
+                }
+            } else {
+                if job.slot >= window.slot_end() {
+                    (job.filter, job.window, job.slot) = (job.filter + 1, false, 0);
+                    continue;
+                }
+                if let Some((key, matches)) = window.at(job.slot, now)
+                    && !fs.jail.contains_key(key)
+                {
+                    rows.rows.push(show::Row {
+                        key: key.clone(),
+                        matches: u32::try_from(matches).unwrap_or(u32::MAX),
+                        triggers: SmallVec::new(),
+                    });
+                }
+            }
+            job.slot += 1;
+            budget -= 1;
+        }
+        job.filter >= job.snapshot.filters.len()
+    }
+
+    /// One round's chunk of the oldest `show` under way; once its copy is
+    /// whole, it is rendered off the tracker and sent as it comes.
+    fn show_step(&mut self, now: Time) {
+        let Some((mut job, respond)) = self.showing.pop_front() else {
+            return;
         };
-        Ok((snapshot, fids))
+        if !self.collect_some(&mut job, COLLECT_CHUNK, now) {
+            self.showing.push_front((job, respond));
+            return;
+        }
+        let (pieces, answer) = mpsc::channel(4);
+        let snapshot = job.snapshot;
+        tokio::task::spawn_blocking(move || {
+            show::render(snapshot, |piece| pieces.blocking_send(piece).is_ok())
+        });
+        let _ = respond.send(Response::Pieces(answer));
+    }
+
+    /// The whole copy of a selection at once (tests).
+    #[cfg(test)]
+    fn show_snapshot(&self, selection: &Selection) -> Result<show::Snapshot, String> {
+        let mut job = self.collect_job(selection)?;
+        while !self.collect_some(&mut job, COLLECT_CHUNK, now_ms()) {}
+        Ok(job.snapshot)
     }
 
     /// `show`'s answer as a tree, rendered here (tests).
     #[cfg(test)]
     fn show(&self, selection: &Selection) -> Result<Value, String> {
         let mut text = Vec::new();
-        show::render(self.show_snapshot(selection)?.0, |piece| {
+        show::render(self.show_snapshot(selection)?, |piece| {
             text.extend_from_slice(&piece);
             true
         });
@@ -1825,12 +1891,11 @@ impl Tracker {
     /// A flush as a job: the selected entries as they are now, to flush
     /// chunk by chunk and answer with.
     fn flush_job(&self, selection: &Selection) -> Result<FlushJob, String> {
-        let (mut snapshot, fids) = self.show_snapshot(selection)?;
-        snapshot.max = None;
+        let mut collect = self.collect_job(selection)?;
+        collect.snapshot.max = None;
         Ok(FlushJob {
-            generation: self.generation,
-            snapshot,
-            fids,
+            collect,
+            collected: false,
             filter: 0,
             row: 0,
         })
@@ -1840,7 +1905,7 @@ impl Tracker {
     /// done. An entry is flushed as it is when its turn comes.
     fn flush_some(&mut self, job: &mut FlushJob, mut budget: usize, now: Time) -> bool {
         while budget > 0 {
-            let Some(rows) = job.snapshot.filters.get(job.filter) else {
+            let Some(rows) = job.collect.snapshot.filters.get(job.filter) else {
                 return true;
             };
             let Some(row) = rows.rows.get(job.row) else {
@@ -1858,13 +1923,13 @@ impl Tracker {
                         .unwrap_or(false)
                 });
             // A reload since: the filter's id now, if it is still there.
-            let fid = self.current_filter(job.generation, job.fids[job.filter]);
+            let fid = self.current_filter(job.collect.generation, job.collect.fids[job.filter]);
             if let (true, Some(fid)) = (selected, fid) {
                 let key = row.key.clone();
                 self.flush_value(fid, &key, now);
             }
         }
-        job.filter >= job.snapshot.filters.len()
+        job.filter >= job.collect.snapshot.filters.len()
     }
 
     /// One round's chunk of the oldest flush under way; once it is done
@@ -1873,6 +1938,12 @@ impl Tracker {
         let Some((mut job, respond)) = self.flushing.pop_front() else {
             return;
         };
+        if !job.collected {
+            // First the copy of what it selects (its answer), then the flush.
+            job.collected = self.collect_some(&mut job.collect, COLLECT_CHUNK, now);
+            self.flushing.push_front((job, respond));
+            return;
+        }
         if !self.flush_some(&mut job, FLUSH_CHUNK, now) {
             self.flushing.push_front((job, respond));
             return;
@@ -1881,7 +1952,7 @@ impl Tracker {
         self.commit_or_log();
         self.dispatch_ready();
         let (pieces, answer) = mpsc::channel(4);
-        let snapshot = job.snapshot;
+        let snapshot = job.collect.snapshot;
         tokio::task::spawn_blocking(move || {
             show::render(snapshot, |piece| pieces.blocking_send(piece).is_ok())
         });
@@ -1893,9 +1964,10 @@ impl Tracker {
     #[cfg(test)]
     fn flush(&mut self, selection: &Selection) -> Result<Value, String> {
         let mut job = self.flush_job(selection)?;
+        while !self.collect_some(&mut job.collect, COLLECT_CHUNK, now_ms()) {}
         while !self.flush_some(&mut job, FLUSH_CHUNK, now_ms()) {}
         let mut text = Vec::new();
-        show::render(job.snapshot, |piece| {
+        show::render(job.collect.snapshot, |piece| {
             text.extend_from_slice(&piece);
             true
         });
@@ -2005,15 +2077,31 @@ const FLUSH_CHUNK: usize = 4096;
 /// entries never stops matching and timers for long.
 #[derive(Debug)]
 struct FlushJob {
-    /// The configuration generation `fids` belong to.
-    generation: u64,
     /// The selected entries as they were: what is flushed, and the answer.
-    snapshot: show::Snapshot,
-    /// The filter id of each of the snapshot's filters.
-    fids: Vec<usize>,
+    collect: Collect,
+    /// Whether `collect` is whole.
+    collected: bool,
     /// Where the next chunk starts.
     filter: usize,
     row: usize,
+}
+
+/// Entries a `show` or `flush` copies per tracker round.
+const COLLECT_CHUNK: usize = 16_384;
+
+/// What a `show` or `flush` selects, copied a chunk per tracker round.
+#[derive(Debug)]
+struct Collect {
+    /// The configuration generation `fids` belong to.
+    generation: u64,
+    snapshot: show::Snapshot,
+    /// The filter id of each of the snapshot's filters.
+    fids: Vec<usize>,
+    /// Where the next chunk starts: a filter, its jail or its window, a
+    /// slot.
+    filter: usize,
+    window: bool,
+    slot: u32,
 }
 
 /// A filter `show`/`flush` act on, and the value regexes to apply to its
@@ -2615,6 +2703,10 @@ streams:
             request: Request::Show(selection),
             respond,
         });
+        // The copy goes a chunk per round.
+        while !tracker.showing.is_empty() {
+            tracker.show_step(now_ms());
+        }
         let Ok(Response::Pieces(mut pieces)) = answer.await else {
             panic!("a show answers in pieces");
         };
@@ -2667,6 +2759,46 @@ streams:
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_show_copied_over_rounds_lists_a_value_met_twice_once() {
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        let now = now_ms();
+        let ip = |i: usize| std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).to_string();
+        let count = COLLECT_CHUNK + 10;
+        for i in 0..count {
+            ban(&mut tracker, &values(&ip(i)), now);
+        }
+        let (respond, answer) = oneshot::channel();
+        tracker.on_control(ControlCmd {
+            request: Request::Show(Selection::default()),
+            respond,
+        });
+        tracker.show_step(now);
+        assert_eq!(tracker.showing.len(), 1, "one chunk copied, not all");
+        // An address already copied is flushed and banned again: its entry
+        // moves to a slot not copied yet.
+        tracker.flush_value(0, &Key::from_value(&ip(1)), now);
+        take_ready(&mut tracker);
+        ban(&mut tracker, &values("192.0.2.200"), now);
+        ban(&mut tracker, &values(&ip(1)), now);
+        while !tracker.showing.is_empty() {
+            tracker.show_step(now);
+        }
+        let Ok(Response::Pieces(mut pieces)) = answer.await else {
+            panic!("a show answers in pieces");
+        };
+        let mut text = Vec::new();
+        while let Some(piece) = pieces.recv().await {
+            text.extend_from_slice(&piece);
+        }
+        let text = String::from_utf8(text).expect("utf-8");
+        assert_eq!(text.matches(&format!("\"{}\"", ip(1))).count(), 1);
+        let tree: Value = serde_json::from_str(&text).expect("JSON");
+        let shown = tree["ok"]["ssh"]["failed"].as_object().expect("entries");
+        assert!((0..count).all(|i| shown.contains_key(&ip(i))));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_large_flush_goes_a_chunk_per_round_and_answers_once_done() {
         let fx = fixture(&[], T0);
         let mut tracker = fx.tracker;
@@ -2681,6 +2813,9 @@ streams:
             request: Request::Flush(Selection::default()),
             respond,
         });
+        // The copy of what it selects first: nothing flushed yet.
+        tracker.flush_step(now);
+        assert_eq!(tracker.filters[0].jail.len(), count);
         tracker.flush_step(now);
         // One chunk done: the rest is still jailed, and no answer yet.
         assert!(answer.try_recv().is_err());

@@ -167,12 +167,15 @@ fn sorted(rows: &[Row]) -> (String, Vec<(usize, usize, usize)>) {
         let _ = write!(texts, "{}", row.key);
         order.push((start, texts.len(), index));
     }
+    let bytes = texts.as_bytes();
     if rows.iter().all(|row| row.key.len() == 1) {
-        let bytes = texts.as_bytes();
         order.sort_unstable_by(|a, b| bytes[a.0..a.1].cmp(&bytes[b.0..b.1]));
     } else {
         order.sort_unstable_by(|a, b| rows[a.2].key.cmp_text(&rows[b.2].key));
     }
+    // A snapshot copied over several tracker rounds may meet a value twice
+    // (removed, then added again further on): it is shown once.
+    order.dedup_by(|a, b| rows[a.2].key == rows[b.2].key);
     (texts, order)
 }
 
