@@ -150,7 +150,8 @@ impl Key {
         }
     }
 
-    /// Orders keys as their texts (values joined by a space) order.
+    /// Orders keys as their values' texts do, value by value (as
+    /// `Vec<String>` orders), without allocating for an address.
     pub fn cmp_text(&self, other: &Key) -> std::cmp::Ordering {
         let (a, b) = (self.parts(), other.parts());
         for (x, y) in a.iter().zip(b) {
@@ -542,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn text_order_is_the_order_of_the_joined_texts() {
+    fn text_order_compares_value_by_value() {
         let mut keys: Vec<Key> = ["9.0.0.1", "10.0.0.1", "2001:db8::1", "alice", "10.0.0.1/8"]
             .into_iter()
             .map(Key::from_value)
