@@ -39,7 +39,7 @@
 //! Memory: a jail may hold a million addresses, so per-value state is
 //! compact. Values are kept as [`Key`]s (an address as bytes, inline) in
 //! slab-backed [`KeyMap`]s; a trigger's action lists are bitsets
-//! ([`ActionSet`]) and a value's triggers sit inline when there is one;
+//! (`ActionSet`) and a value's triggers sit inline when there is one;
 //! timers name their value by jail slot, not by a copy of it. Text is made
 //! only where it is needed: for an action's argv and log lines, and for
 //! store records. `show` copies a compact snapshot and renders it off the
