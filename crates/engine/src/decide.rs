@@ -8,13 +8,9 @@
 //! already filtered by `ipv4only`/`ipv6only`. The caller runs or prints them;
 //! nothing here executes anything.
 
-use std::collections::HashMap;
-
-use foldhash::fast::RandomState;
-
 use crate::pattern::value_is_ipv6;
 use crate::window::RetryWindow;
-use crate::{Time, Values};
+use crate::{Key, KeyMap, Time, Values};
 
 /// What a match of an already triggered value does (`duplicate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -139,7 +135,7 @@ pub struct FilterDecider {
     plan: FilterPlan,
     window: RetryWindow,
     /// Jailed values and when their last delayed action is due.
-    jail: HashMap<Values, Time, RandomState>,
+    jail: KeyMap<Time>,
     jail_inserts_since_sweep: usize,
     /// Inserts allowed before the next sweep (see [`RetryWindow`]).
     jail_sweep_every: usize,
@@ -150,7 +146,7 @@ impl FilterDecider {
         FilterDecider {
             window: RetryWindow::new(plan.retry, plan.retry_period),
             plan,
-            jail: HashMap::default(),
+            jail: KeyMap::default(),
             jail_inserts_since_sweep: 0,
             jail_sweep_every: 1024,
         }
@@ -166,14 +162,21 @@ impl FilterDecider {
 
     /// Handles one accepted match of `values` at `now`.
     pub fn on_match(&mut self, values: Values, now: Time) -> Decision {
-        if self.is_jailed(&values, now) {
-            return self.duplicate(values, now);
+        let key = Key::from_values(&values);
+        self.on_match_key(&key, values, now)
+    }
+
+    /// [`FilterDecider::on_match`] for a caller that already has the key
+    /// of `values`.
+    pub fn on_match_key(&mut self, key: &Key, values: Values, now: Time) -> Decision {
+        if self.is_jailed_key(key, now) {
+            return self.duplicate(key, values, now);
         }
-        if self.window.record(&values, now) {
-            Decision::Trigger(self.trigger(values, now, TriggerKind::New))
+        if self.window.record(key, now) {
+            Decision::Trigger(self.trigger(key, values, now, TriggerKind::New))
         } else {
             Decision::Counted {
-                count: self.window.count(&values, now),
+                count: self.window.count(key, now),
             }
         }
     }
@@ -182,42 +185,53 @@ impl FilterDecider {
     /// retry count (the `trigger` command). A jailed value is still a
     /// duplicate, so the policy applies as for a real trigger.
     pub fn force_trigger(&mut self, values: Values, now: Time) -> Decision {
-        if self.is_jailed(&values, now) {
-            return self.duplicate(values, now);
+        let key = Key::from_values(&values);
+        if self.is_jailed_key(&key, now) {
+            return self.duplicate(&key, values, now);
         }
-        self.window.forget(&values);
-        Decision::Trigger(self.trigger(values, now, TriggerKind::New))
+        self.window.forget(&key);
+        Decision::Trigger(self.trigger(&key, values, now, TriggerKind::New))
     }
 
     /// Whether `values` triggered and still has delayed actions pending.
-    pub fn is_jailed(&self, values: &Values, now: Time) -> bool {
-        self.jail.get(values).is_some_and(|&until| now < until)
+    pub fn is_jailed(&self, values: &[String], now: Time) -> bool {
+        self.is_jailed_key(&Key::from_values(values), now)
+    }
+
+    /// [`FilterDecider::is_jailed`] by key.
+    pub fn is_jailed_key(&self, key: &Key, now: Time) -> bool {
+        self.jail.get(key).is_some_and(|&until| now < until)
     }
 
     /// When the jail of `values` ends (its trigger's time plus the longest
     /// `after`), if it is jailed at all.
     pub fn jailed_until(&self, values: &[String]) -> Option<Time> {
-        self.jail.get(values).copied()
+        self.jail.get(&Key::from_values(values)).copied()
     }
 
     /// Forgets everything about `values` (flush): its counted matches and
     /// its jail entry. Returns whether anything was known.
-    pub fn forget(&mut self, values: &Values) -> bool {
+    pub fn forget(&mut self, values: &Key) -> bool {
         let matched = self.window.forget(values);
         self.jail.remove(values).is_some() || matched
     }
 
+    /// Room for `additional` more jailed values (a restore of many).
+    pub fn reserve_jail(&mut self, additional: usize) {
+        self.jail.reserve(additional);
+    }
+
     /// Restores a persisted trigger: `values` jailed as if triggered at `time`.
-    pub fn restore_trigger(&mut self, values: Values, time: Time) {
+    pub fn restore_trigger(&mut self, values: &Key, time: Time) {
         if let Some(delay) = self.plan.longest_delay() {
             let until = time.saturating_add(delay);
-            let entry = self.jail.entry(values).or_insert(until);
+            let (_, entry) = self.jail.get_or_insert_with(values, || until);
             *entry = (*entry).max(until);
         }
     }
 
     /// Restores a persisted match inside the retry window.
-    pub fn restore_match(&mut self, values: Values, time: Time) {
+    pub fn restore_match(&mut self, values: &Key, time: Time) {
         self.window.restore(values, time);
     }
 
@@ -230,23 +244,23 @@ impl FilterDecider {
     }
 
     /// Jailed values and when their last delayed action is due.
-    pub fn jailed(&self) -> impl Iterator<Item = (&Values, Time)> {
+    pub fn jailed(&self) -> impl Iterator<Item = (&Key, Time)> {
         self.jail.iter().map(|(v, &until)| (v, until))
     }
 
-    fn duplicate(&mut self, values: Values, now: Time) -> Decision {
+    fn duplicate(&mut self, key: &Key, values: Values, now: Time) -> Decision {
         match self.plan.duplicate {
             DuplicatePolicy::Ignore => Decision::DuplicateIgnored,
             DuplicatePolicy::Extend => {
-                Decision::Trigger(self.trigger(values, now, TriggerKind::Extend))
+                Decision::Trigger(self.trigger(key, values, now, TriggerKind::Extend))
             }
             DuplicatePolicy::Rerun => {
-                Decision::Trigger(self.trigger(values, now, TriggerKind::Rerun))
+                Decision::Trigger(self.trigger(key, values, now, TriggerKind::Rerun))
             }
         }
     }
 
-    fn trigger(&mut self, values: Values, now: Time, kind: TriggerKind) -> Trigger {
+    fn trigger(&mut self, key: &Key, values: Values, now: Time, kind: TriggerKind) -> Trigger {
         let actions = self
             .plan
             .actions
@@ -264,7 +278,7 @@ impl FilterDecider {
             if self.jail_inserts_since_sweep > self.jail_sweep_every {
                 self.sweep(now);
             }
-            self.jail.insert(values.clone(), now.saturating_add(delay));
+            self.jail.insert(key.clone(), now.saturating_add(delay));
         }
         Trigger {
             values,
@@ -413,14 +427,14 @@ mod tests {
         let mut d = FilterDecider::new(plan(DuplicatePolicy::Ignore));
         assert_eq!(trigger(d.force_trigger(v("a"), 5)).kind, TriggerKind::New);
         assert!(d.is_jailed(&v("a"), 6));
-        assert!(d.forget(&v("a")));
+        assert!(d.forget(&Key::from_values(&v("a"))));
         assert!(!d.is_jailed(&v("a"), 6));
     }
 
     #[test]
     fn restored_triggers_are_jailed_until_their_last_action() {
         let mut d = FilterDecider::new(plan(DuplicatePolicy::Ignore));
-        d.restore_trigger(v("a"), 1_000);
+        d.restore_trigger(&Key::from_values(&v("a")), 1_000);
         assert!(d.is_jailed(&v("a"), 3_600_999));
         assert!(!d.is_jailed(&v("a"), 3_601_000));
     }

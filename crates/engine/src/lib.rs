@@ -13,12 +13,15 @@
 //! - [`pattern`]: `<name>` patterns: regexes, ip/ipv4/ipv6 types, ignore
 //!   lists, CIDR ignores, masks, value normalisation.
 //! - [`matcher`]: [`StreamMatcher`], every filter of a stream in one pass.
+//! - [`key`]: [`Key`], compact match values (addresses as bytes), and
+//!   [`KeyMap`], a slab-backed map from them.
 //! - [`window`]: retry windows (`retry` matches within `retryperiod`).
 //! - [`decide`]: [`FilterDecider`], retry window plus duplicate policy,
 //!   turning matches into triggers and action schedules.
 
 pub mod decide;
 pub mod duration;
+pub mod key;
 pub mod matcher;
 pub mod pattern;
 pub mod window;
@@ -28,6 +31,7 @@ pub use decide::{
     Trigger, TriggerKind,
 };
 pub use duration::{DurationError, format_duration, parse_duration};
+pub use key::{Key, KeyMap};
 pub use matcher::{
     FilterSpec, Ignored, LineMatch, MatchScratch, MatcherError, StreamMatcher, line_text,
 };

@@ -7,18 +7,16 @@
 //! and expired values are swept in amortised O(1) per match. Keys are
 //! attacker-chosen text, so the hasher is fast but randomly seeded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use foldhash::fast::RandomState;
-
-use crate::{Time, Values};
+use crate::{Key, KeyMap, Time};
 
 /// The retry window of one filter.
 #[derive(Debug, Clone)]
 pub struct RetryWindow {
     retry: usize,
     period: Time,
-    entries: HashMap<Values, VecDeque<Time>, RandomState>,
+    entries: KeyMap<VecDeque<Time>>,
     records_since_sweep: usize,
     /// Records allowed before the next sweep: the size left by the last
     /// sweep (at least 1024), which makes sweeping amortised O(1).
@@ -32,7 +30,7 @@ impl RetryWindow {
         RetryWindow {
             retry: retry.max(1) as usize,
             period,
-            entries: HashMap::default(),
+            entries: KeyMap::default(),
             records_since_sweep: 0,
             sweep_every: 1024,
         }
@@ -43,7 +41,7 @@ impl RetryWindow {
     }
 
     /// Records one match of `values` at `now`; returns true when it triggers.
-    pub fn record(&mut self, values: &Values, now: Time) -> bool {
+    pub fn record(&mut self, values: &Key, now: Time) -> bool {
         if self.retry <= 1 {
             return true;
         }
@@ -51,10 +49,7 @@ impl RetryWindow {
         if self.records_since_sweep > self.sweep_every {
             self.sweep(now);
         }
-        let times = match self.entries.get_mut(values) {
-            Some(times) => times,
-            None => self.entries.entry(values.clone()).or_default(),
-        };
+        let (_, times) = self.entries.get_or_insert_with(values, VecDeque::new);
         expire(times, now, self.period);
         times.push_back(now);
         if times.len() >= self.retry {
@@ -65,7 +60,7 @@ impl RetryWindow {
     }
 
     /// How many matches of `values` still count at `now`.
-    pub fn count(&self, values: &Values, now: Time) -> usize {
+    pub fn count(&self, values: &Key, now: Time) -> usize {
         self.entries
             .get(values)
             .map(|times| {
@@ -78,7 +73,7 @@ impl RetryWindow {
     }
 
     /// Forgets the matches of `values` (flush).
-    pub fn forget(&mut self, values: &Values) -> bool {
+    pub fn forget(&mut self, values: &Key) -> bool {
         self.entries.remove(values).is_some()
     }
 
@@ -94,11 +89,11 @@ impl RetryWindow {
     }
 
     /// Restores a persisted match time.
-    pub fn restore(&mut self, values: Values, time: Time) {
+    pub fn restore(&mut self, values: &Key, time: Time) {
         if self.retry <= 1 {
             return;
         }
-        let times = self.entries.entry(values).or_default();
+        let (_, times) = self.entries.get_or_insert_with(values, VecDeque::new);
         times.push_back(time);
         times.make_contiguous().sort_unstable();
         while times.len() >= self.retry {
@@ -107,12 +102,28 @@ impl RetryWindow {
     }
 
     /// Every value with counted matches, and their times.
-    pub fn iter(&self) -> impl Iterator<Item = (&Values, &VecDeque<Time>)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &VecDeque<Time>)> {
         self.entries.iter()
     }
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// One past the highest slot of the entries (for walking them in
+    /// pieces with [`RetryWindow::at`]; a sweep may move them).
+    pub fn slot_end(&self) -> u32 {
+        self.entries.slot_end()
+    }
+
+    /// The value in `slot` and how many of its matches count at `now`.
+    pub fn at(&self, slot: u32, now: Time) -> Option<(&Key, usize)> {
+        let (key, times) = self.entries.at(slot)?;
+        let live = times
+            .iter()
+            .filter(|&&t| is_live(t, now, self.period))
+            .count();
+        Some((key, live))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -141,8 +152,8 @@ fn expire(times: &mut VecDeque<Time>, now: Time, period: Time) {
 mod tests {
     use super::*;
 
-    fn v(s: &str) -> Values {
-        vec![s.to_string()].into_boxed_slice()
+    fn v(s: &str) -> Key {
+        Key::from_value(s)
     }
 
     #[test]
@@ -191,7 +202,7 @@ mod tests {
     fn restore_keeps_fewer_than_retry_times() {
         let mut w = RetryWindow::new(3, 10_000);
         for t in [5, 1, 3] {
-            w.restore(v("a"), t);
+            w.restore(&v("a"), t);
         }
         assert_eq!(w.count(&v("a"), 6), 2);
         assert!(w.record(&v("a"), 7));

@@ -56,6 +56,17 @@ pub fn command(invoked_as: &'static str) -> clap::Command {
     command
 }
 
+/// `show`'s arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Show at most N entries, in order; stderr tells how many were left
+    /// out.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub max: Option<u64>,
+}
+
 /// The arguments `show` and `flush` share.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SelectArgs {
@@ -89,7 +100,7 @@ pub enum Command {
         socket: PathBuf,
     },
     /// Print current matches and pending actions.
-    Show(SelectArgs),
+    Show(ShowArgs),
     /// Run matching pending actions now and forget their matches.
     Flush(SelectArgs),
     /// Act as if a filter triggered for the given values.

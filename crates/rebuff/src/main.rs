@@ -138,10 +138,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 daemon::Exit::StartFailed => return Ok(ExitCode::FAILURE),
             }
         }
-        Command::Show(args) => {
-            let request = Request::Show(client::selection(args.limit.as_deref(), &args.patterns)?);
-            let tree = client::request(&args.socket, request)?;
-            client::print_tree(&tree, args.format, &mut out)?;
+        Command::Show(cli::ShowArgs { select: args, max }) => {
+            let mut selection = client::selection(args.limit.as_deref(), &args.patterns)?;
+            selection.max = max;
+            let answer = client::request_full(&args.socket, Request::Show(selection))?;
+            client::print_tree(&answer.tree, args.format, &mut out)?;
+            if answer.left_out > 0 {
+                out.flush()?;
+                eprintln!("{} more entries left out by --max", answer.left_out);
+            }
         }
         Command::Flush(args) => {
             let request = Request::Flush(client::selection(args.limit.as_deref(), &args.patterns)?);

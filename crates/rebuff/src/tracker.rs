@@ -35,22 +35,34 @@
 //!   to that stream's filters, and it finishes at once; the triggers those
 //!   matches make are committed before their own actions are handed over
 //!   (dispatch goes round by round, with a commit between rounds).
+//!
+//! Memory: a jail may hold a million addresses, so per-value state is
+//! compact. Values are kept as [`Key`]s (an address as bytes, inline) in
+//! slab-backed [`KeyMap`]s; a trigger's action lists are bitsets
+//! (`ActionSet`) and a value's triggers sit inline when there is one;
+//! timers name their value by jail slot, not by a copy of it. Text is made
+//! only where it is needed: for an action's argv and log lines, and for
+//! store records. `show` copies a compact snapshot and renders it off the
+//! tracker ([`show::render`]); `flush` goes a chunk of entries per round.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use foldhash::fast::RandomState;
-use rebuff_engine::{Decision, FilterDecider, FilterPlan, Time, Trigger, TriggerKind, Values};
+use rebuff_engine::{
+    Decision, FilterDecider, FilterPlan, Key, KeyMap, Time, Trigger, TriggerKind, Values,
+};
 use regex::Regex;
 use serde_json::{Map, Value, json};
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::validate::MAX_ACTIONS;
 use crate::config::{Action, Config, SetOp};
-use crate::control::{ControlCmd, Request, Response, Selection};
+use crate::control::{ControlCmd, Request, Response, Selection, show};
 use crate::events::{ExitOutcome, Finished, Match, MatchBatch, TriggerRef, format_time, now_ms};
 use crate::exec::{ActionJob, Executor};
 use crate::log;
@@ -76,23 +88,25 @@ struct PendingTrigger {
     /// time far enough back that every delayed action is due.
     time: Time,
     /// Delayed actions not yet handed to the executor.
-    pending: Vec<usize>,
+    pending: ActionSet,
     /// Delayed actions with a timer in the heap. An `extend` moves `time`
     /// without adding timers: an early timer re-arms itself at the new due
     /// time, so a flood of duplicates cannot fill the heap.
-    armed: Vec<usize>,
+    armed: ActionSet,
     /// Due actions (also in `pending`) waiting for `in_flight` to drop to
-    /// zero, in due order: one is handed over at a time.
-    held: Vec<usize>,
+    /// zero: one is handed over at a time, in due order (ties in
+    /// configuration order, see [`next_held`]).
+    held: ActionSet,
     /// Actions of this trigger handed to the executor and not finished.
     in_flight: u32,
     /// Immediate actions waiting for an older trigger of the same value to
     /// finish what it has in flight (a ban waits for the unban still
-    /// running from the previous jailing of that address).
-    blocked: Vec<usize>,
-    /// Actions due up to this time were due when the state was restored:
-    /// they are replays, which the exporter's families leave out.
-    replay_until: Time,
+    /// running from the previous jailing of that address), in
+    /// configuration order.
+    blocked: ActionSet,
+    /// Restored at start: its actions due by then ([`Tracker::restored_at`])
+    /// are replays, which the exporter's families leave out.
+    restored: bool,
     /// When its kernel set elements last got their full timeout (its
     /// trigger, or the last `extend` that refreshed them).
     kernel_refreshed: Time,
@@ -103,30 +117,96 @@ impl PendingTrigger {
         PendingTrigger {
             id,
             time,
-            pending: Vec::new(),
-            armed: Vec::new(),
-            held: Vec::new(),
+            pending: ActionSet::default(),
+            armed: ActionSet::default(),
+            held: ActionSet::default(),
             in_flight: 0,
-            blocked: Vec::new(),
-            replay_until: 0,
+            blocked: ActionSet::default(),
+            restored: false,
             kernel_refreshed: time,
         }
     }
 }
 
-/// Triggers by value, in trigger order.
-type TriggerMap = HashMap<Values, Vec<PendingTrigger>, RandomState>;
+/// A set of action indices of one filter, a bit each (configurations have
+/// at most [`MAX_ACTIONS`] actions per filter). Iterates in configuration
+/// order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ActionSet(u64);
+
+impl ActionSet {
+    /// The bit of `action`; none beyond [`MAX_ACTIONS`], which the
+    /// configuration refuses.
+    fn bit(action: usize) -> u64 {
+        u32::try_from(action)
+            .ok()
+            .and_then(|a| 1u64.checked_shl(a))
+            .unwrap_or(0)
+    }
+
+    fn contains(self, action: usize) -> bool {
+        self.0 & Self::bit(action) != 0
+    }
+
+    fn insert(&mut self, action: usize) {
+        self.0 |= Self::bit(action);
+    }
+
+    fn remove(&mut self, action: usize) {
+        self.0 &= !Self::bit(action);
+    }
+
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    fn clear(&mut self) {
+        self.0 = 0;
+    }
+
+    fn iter(self) -> impl Iterator<Item = usize> {
+        (0..MAX_ACTIONS).filter(move |&a| self.contains(a))
+    }
+
+    fn to_vec(self) -> Vec<usize> {
+        self.iter().collect()
+    }
+}
+
+impl FromIterator<usize> for ActionSet {
+    fn from_iter<I: IntoIterator<Item = usize>>(iter: I) -> Self {
+        let mut set = ActionSet::default();
+        for action in iter {
+            set.insert(action);
+        }
+        set
+    }
+}
+
+/// The triggers of one value, in trigger order; nearly always one, kept
+/// inline.
+type Triggers = SmallVec<[PendingTrigger; 1]>;
+
+/// Triggers by value. Timers name an entry of a jail by its slot, so a
+/// jail's map is never `retain`ed (which may move entries).
+type TriggerMap = KeyMap<Triggers>;
 
 /// A delayed action due at `at` (or later, if its trigger was extended).
+/// It names its trigger's entry in its filter's jail by slot, and the
+/// trigger by id: a slot freed and reused by another value holds no
+/// trigger of that id, so the timer is then stale, as it should be.
+/// Timers due at the same time fire in trigger order (then by action).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Timer {
     at: Time,
-    /// Breaks ties in scheduling order.
-    seq: u64,
-    filter: usize,
-    values: Values,
     trigger: u64,
-    action: usize,
+    filter: u32,
+    slot: u32,
+    action: u32,
 }
 
 /// One filter's state and what it needs to build actions.
@@ -237,8 +317,8 @@ fn build_filters(config: &Config, metrics: &Arc<Metrics>) -> (Vec<FilterState>, 
                 persist_matches: plan.retry > 1,
                 persist_triggers: plan.longest_delay().is_some(),
                 decider: FilterDecider::new(plan),
-                jail: HashMap::default(),
-                retiring: HashMap::default(),
+                jail: KeyMap::default(),
+                retiring: KeyMap::default(),
                 id: filters.len(),
                 first_action: metrics.action_id(filters.len(), 0),
                 metrics: metrics.clone(),
@@ -258,7 +338,7 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
         for (values, times) in old.decider.window().iter() {
             for &time in times {
                 if now.saturating_sub(time) < period {
-                    new.decider.restore_match(values.clone(), time);
+                    new.decider.restore_match(values, time);
                 }
             }
         }
@@ -269,17 +349,14 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
         .map(|name| new.action_names.iter().position(|n| n == name))
         .collect();
     let mut dropped = 0;
-    let mut remap = |list: &mut Vec<usize>, count: bool| {
-        let before = list.len();
-        list.retain_mut(|a| match renumber.get(*a).copied().flatten() {
-            Some(to) => {
-                *a = to;
-                true
-            }
-            None => false,
-        });
+    let mut remap = |set: &mut ActionSet, count: bool| {
+        let before = set.len();
+        *set = set
+            .iter()
+            .filter_map(|a| renumber.get(a).copied().flatten())
+            .collect();
         if count {
-            dropped += (before - list.len()) as u64;
+            dropped += (before - set.len()) as u64;
         }
     };
     for (map, new_map, jailed) in [
@@ -292,13 +369,13 @@ fn migrate(old: FilterState, new: &mut FilterState, now: Time) -> u64 {
                 remap(&mut trigger.held, false);
                 remap(&mut trigger.blocked, false);
                 // An action that is no longer delayed is due now.
-                for action in trigger.pending.clone() {
+                for action in trigger.pending.to_vec() {
                     if new.decider.plan().actions[action].after.is_none() {
-                        hold(new.decider.plan(), trigger, action);
+                        trigger.held.insert(action);
                     }
                 }
                 if jailed {
-                    new.decider.restore_trigger(values.clone(), trigger.time);
+                    new.decider.restore_trigger(&values, trigger.time);
                 }
             }
             new_map.insert(values, triggers);
@@ -314,7 +391,7 @@ fn round<T>(first: T, queued: impl FnMut() -> Option<T>) -> impl Iterator<Item =
 
 /// Whether a trigger of `values` older than `id` still has actions in
 /// flight or waiting: a newer trigger's actions must not overtake them.
-fn older_busy(fs: &FilterState, values: &Values, id: u64) -> bool {
+fn older_busy(fs: &FilterState, values: &Key, id: u64) -> bool {
     [&fs.jail, &fs.retiring]
         .into_iter()
         .filter_map(|map| map.get(values))
@@ -328,17 +405,13 @@ fn due(plan: &FilterPlan, trigger: &PendingTrigger, action: usize) -> Time {
     trigger.time.saturating_add(after)
 }
 
-/// Inserts `action` among the held actions of `trigger`, keeping them in
-/// due order (ties in configuration order).
-fn hold(plan: &FilterPlan, trigger: &mut PendingTrigger, action: usize) {
-    if trigger.held.contains(&action) {
-        return;
-    }
-    let key = |a: usize| (due(plan, trigger, a), a);
-    let at = trigger
+/// The held action of `trigger` to hand over next: the first due (ties in
+/// configuration order).
+fn next_held(plan: &FilterPlan, trigger: &PendingTrigger) -> Option<usize> {
+    trigger
         .held
-        .partition_point(|&other| key(other) < key(action));
-    trigger.held.insert(at, action);
+        .iter()
+        .min_by_key(|&a| (due(plan, trigger, a), a))
 }
 
 /// Counts the daemon logs at shutdown and metrics read later.
@@ -418,7 +491,8 @@ pub struct Tracker {
     /// reports sent before a reload reached their sender.
     older: Vec<Generation>,
     timers: BinaryHeap<Reverse<Timer>>,
-    next_seq: u64,
+    /// When the state was restored (see [`PendingTrigger::restored`]).
+    restored_at: Time,
     next_trigger_id: u64,
     /// Actions to hand to the executor after the next commit.
     ready: Vec<ActionJob>,
@@ -427,6 +501,10 @@ pub struct Tracker {
     report: TrackerReport,
     metrics: Arc<Metrics>,
     reload_requests: Option<mpsc::Sender<oneshot::Sender<Response>>>,
+    /// Flushes under way, oldest first, with where their answer goes.
+    flushing: std::collections::VecDeque<(FlushJob, oneshot::Sender<Response>)>,
+    /// Shows being copied, oldest first, with where their answer goes.
+    showing: std::collections::VecDeque<(Collect, oneshot::Sender<Response>)>,
 }
 
 impl Tracker {
@@ -443,13 +521,15 @@ impl Tracker {
             generation: 0,
             older: Vec::new(),
             timers: BinaryHeap::new(),
-            next_seq: 0,
+            restored_at: 0,
             next_trigger_id: 0,
             ready: Vec::new(),
             durable_needed: false,
             report: TrackerReport::default(),
             metrics: deps.metrics,
             reload_requests: deps.reload_requests,
+            flushing: std::collections::VecDeque::new(),
+            showing: std::collections::VecDeque::new(),
         }
     }
 
@@ -472,7 +552,34 @@ impl Tracker {
     /// read-only) is logged and counted, and the daemon starts on the state
     /// in memory.
     pub fn restore(&mut self, restored: Restored, now: Time) -> anyhow::Result<()> {
-        let mut dropped: HashMap<(String, String), u64> = HashMap::new();
+        let mut dropped: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
+        // Room for every entry with triggers at once, not a rehash at
+        // every doubling of a million.
+        let mut counts = vec![0usize; self.filters.len()];
+        let mut last: Option<(&str, &str, Option<usize>)> = None;
+        for entry in &restored.entries {
+            let fid = match last {
+                Some((stream, filter, fid))
+                    if stream == &*entry.stream && filter == &*entry.filter =>
+                {
+                    fid
+                }
+                _ => self.filter_index(&entry.stream, &entry.filter),
+            };
+            last = Some((&entry.stream, &entry.filter, fid));
+            if let Some(fid) = fid
+                && !entry.triggers.is_empty()
+            {
+                counts[fid] += 1;
+            }
+        }
+        for (fs, &count) in self.filters.iter_mut().zip(&counts) {
+            if fs.persist_triggers && count > 0 {
+                fs.jail.reserve(count);
+                fs.decider.reserve_jail(count);
+            }
+        }
+        self.timers.reserve(counts.iter().sum());
         for entry in restored.entries {
             let Some(fid) = self.filter_index(&entry.stream, &entry.filter) else {
                 *dropped.entry((entry.stream, entry.filter)).or_default() += 1;
@@ -483,11 +590,12 @@ impl Tracker {
                 continue;
             }
             let fs = &mut self.filters[fid];
+            let key = entry.values;
             let period = fs.decider.plan().retry_period;
             if fs.persist_matches {
                 for &time in &entry.matches {
                     if now.saturating_sub(time) < period {
-                        fs.decider.restore_match(entry.values.clone(), time);
+                        fs.decider.restore_match(&key, time);
                         self.report.restored_matches += 1;
                     }
                 }
@@ -495,8 +603,20 @@ impl Tracker {
             if !fs.persist_triggers {
                 continue;
             }
+            // Only `ipv4only`/`ipv6only` look at the values' text.
+            let values = if fs
+                .decider
+                .plan()
+                .actions
+                .iter()
+                .any(|a| a.ip_only.is_some())
+            {
+                key.to_values()
+            } else {
+                Values::default()
+            };
             for &time in &entry.triggers {
-                self.restore_trigger(fid, &entry.values, time, now);
+                self.restore_trigger(fid, &key, &values, time, now);
             }
         }
         for ((stream, filter), count) in dropped {
@@ -535,12 +655,13 @@ impl Tracker {
         Ok(())
     }
 
-    fn restore_trigger(&mut self, fid: usize, values: &Values, time: Time, now: Time) {
+    fn restore_trigger(&mut self, fid: usize, key: &Key, values: &[String], time: Time, now: Time) {
         let fs = &mut self.filters[fid];
-        fs.decider.restore_trigger(values.clone(), time);
+        fs.decider.restore_trigger(key, time);
         self.next_trigger_id += 1;
         let mut trigger = PendingTrigger::new(self.next_trigger_id, time);
-        trigger.replay_until = now;
+        trigger.restored = true;
+        self.restored_at = now;
         let mut rerun = Vec::new();
         for (action, spec) in fs.decider.plan().actions.iter().enumerate() {
             if !fs.decider.plan().action_applies(action, values) {
@@ -548,15 +669,15 @@ impl Tracker {
             }
             let at = time.saturating_add(spec.after.unwrap_or(0));
             if spec.after.is_some() && at > now {
-                trigger.pending.push(action);
+                trigger.pending.insert(action);
             } else if spec.oneshot || (spec.after.is_none() && fs.actions[action].send_to.is_some())
             {
                 // Never run again at start, as in reaction. Nor is the line
                 // of a virtual action sent again: what it did (a match, a
                 // trigger) is restored with its own stream's state.
             } else if spec.after.is_some() {
-                trigger.pending.push(action);
-                hold(fs.decider.plan(), &mut trigger, action);
+                trigger.pending.insert(action);
+                trigger.held.insert(action);
                 self.report.overdue_actions += 1;
             } else {
                 rerun.push(action);
@@ -570,23 +691,28 @@ impl Tracker {
         self.report.scheduled_actions += (trigger.pending.len() - trigger.held.len()) as u64;
         // Several triggers of one value (flushed, then jailed again): each
         // waits for what the older one still has to run.
-        let blocked = older_busy(fs, values, trigger.id);
+        let blocked = older_busy(fs, key, trigger.id);
         if blocked {
-            trigger.blocked = rerun.clone();
+            trigger.blocked = rerun.iter().copied().collect();
         }
-        let (id, scheduled) = (trigger.id, trigger.pending.clone());
+        let id = trigger.id;
+        let scheduled: Vec<usize> = trigger
+            .pending
+            .iter()
+            .filter(|&a| !trigger.held.contains(a))
+            .collect();
+        for &action in &scheduled {
+            trigger.armed.insert(action);
+        }
+        let (slot, list) = fs.jail.get_or_insert_with(key, Triggers::new);
+        list.push(trigger);
         for action in scheduled {
-            if !trigger.held.contains(&action) {
-                trigger.armed.push(action);
-                self.arm(fid, values, id, time, action);
-            }
+            self.arm(fid, slot, id, time, action);
         }
-        let fs = &mut self.filters[fid];
-        fs.jail.entry(values.clone()).or_default().push(trigger);
         if !blocked {
-            self.hand_over(fid, values, id, &rerun, true);
+            self.hand_over(fid, key, id, &rerun, true);
         }
-        self.settle(fid, values, id);
+        self.settle(fid, key, id);
     }
 
     /// Jails `values` with a new pending trigger whose immediate actions
@@ -595,38 +721,37 @@ impl Tracker {
     fn add_pending_trigger(
         &mut self,
         fid: usize,
-        values: &Values,
+        values: &Key,
         time: Time,
         pending: Vec<usize>,
     ) -> u64 {
         self.next_trigger_id += 1;
         let id = self.next_trigger_id;
-        for &action in &pending {
-            self.arm(fid, values, id, time, action);
-        }
         let mut trigger = PendingTrigger::new(id, time);
-        trigger.armed.clone_from(&pending);
-        trigger.pending = pending;
-        self.filters[fid]
+        trigger.pending = pending.iter().copied().collect();
+        trigger.armed = trigger.pending;
+        let (slot, list) = self.filters[fid]
             .jail
-            .entry(values.clone())
-            .or_default()
-            .push(trigger);
+            .get_or_insert_with(values, Triggers::new);
+        list.push(trigger);
+        for action in pending {
+            self.arm(fid, slot, id, time, action);
+        }
         id
     }
 
-    fn arm(&mut self, fid: usize, values: &Values, trigger: u64, time: Time, action: usize) {
+    /// Arms a timer for delayed `action` of trigger `trigger`, whose value
+    /// is in `slot` of filter `fid`'s jail.
+    fn arm(&mut self, fid: usize, slot: u32, trigger: u64, time: Time, action: usize) {
         let after = self.filters[fid].decider.plan().actions[action]
             .after
             .unwrap_or(0);
-        self.next_seq += 1;
         self.timers.push(Reverse(Timer {
             at: time.saturating_add(after),
-            seq: self.next_seq,
-            filter: fid,
-            values: values.clone(),
             trigger,
-            action,
+            filter: fid as u32,
+            slot,
+            action: action as u32,
         }));
     }
 
@@ -634,8 +759,9 @@ impl Tracker {
     /// once nothing of it is in flight, sends it to `retiring` once nothing
     /// is left to hand over, and retires it (a `Done` record) once
     /// everything has finished.
-    fn settle(&mut self, fid: usize, values: &Values, id: u64) {
+    fn settle(&mut self, fid: usize, values: &Key, id: u64) {
         let (timeout, generation) = (self.action_timeout, self.generation);
+        let restored_at = self.restored_at;
         let fs = &mut self.filters[fid];
         let in_jail = fs
             .jail
@@ -654,13 +780,16 @@ impl Tracker {
         };
         let trigger = &mut list[index];
         let mut next = None;
-        if trigger.in_flight == 0 && trigger.blocked.is_empty() && !trigger.held.is_empty() {
-            let action = trigger.held.remove(0);
-            trigger.pending.retain(|&a| a != action);
-            trigger.armed.retain(|&a| a != action);
+        if trigger.in_flight == 0
+            && trigger.blocked.is_empty()
+            && let Some(action) = next_held(fs.decider.plan(), trigger)
+        {
+            trigger.held.remove(action);
+            trigger.pending.remove(action);
+            trigger.armed.remove(action);
             trigger.in_flight += 1;
             let after = fs.decider.plan().actions[action].after.unwrap_or(0);
-            let replayed = trigger.time.saturating_add(after) <= trigger.replay_until;
+            let replayed = trigger.restored && trigger.time.saturating_add(after) <= restored_at;
             next = Some((action, replayed));
         }
         let handed_over = trigger.pending.is_empty() && trigger.blocked.is_empty();
@@ -674,11 +803,14 @@ impl Tracker {
                 self.store.append(&Record::Done {
                     stream: &fs.stream,
                     filter: &fs.name,
-                    values,
+                    values: values.into(),
                     time: trigger.time,
                 });
             } else {
-                fs.retiring.entry(values.clone()).or_default().push(trigger);
+                fs.retiring
+                    .get_or_insert_with(values, Triggers::new)
+                    .1
+                    .push(trigger);
             }
         }
         if let Some((action, replayed)) = next {
@@ -687,7 +819,14 @@ impl Tracker {
                 trigger: id,
                 generation,
             };
-            let job = job(fs, action, values, timeout, replayed, Some(owner));
+            let job = job(
+                fs,
+                action,
+                &values.to_values(),
+                timeout,
+                replayed,
+                Some(owner),
+            );
             schedule(&mut self.ready, job);
         }
     }
@@ -695,6 +834,7 @@ impl Tracker {
     /// An action of a tracked trigger has finished.
     fn on_finished(&mut self, finished: Finished) {
         let Finished { owner, values } = finished;
+        let values = Key::from_values(&values);
         let Some(fid) = self.current_filter(owner.generation, owner.filter) else {
             return;
         };
@@ -717,7 +857,7 @@ impl Tracker {
 
     /// Hands over the blocked immediate actions of the triggers of `values`
     /// whose older triggers have nothing in flight or waiting any more.
-    fn unblock(&mut self, fid: usize, values: &Values) {
+    fn unblock(&mut self, fid: usize, values: &Key) {
         let fs = &self.filters[fid];
         let Some(list) = fs.jail.get(values) else {
             return;
@@ -736,8 +876,8 @@ impl Tracker {
             else {
                 continue;
             };
-            let actions = std::mem::take(&mut trigger.blocked);
-            let replayed = trigger.replay_until > 0;
+            let actions = std::mem::take(&mut trigger.blocked).to_vec();
+            let replayed = trigger.restored;
             self.hand_over(fid, values, id, &actions, replayed);
             self.settle(fid, values, id);
         }
@@ -793,6 +933,10 @@ impl Tracker {
                 () = sleep_until_opt(timer_deadline), if timer_deadline.is_some() => {
                     self.fire_due_timers(now_ms());
                 }
+                () = std::future::ready(()), if !self.flushing.is_empty() || !self.showing.is_empty() => {
+                    self.show_step(now_ms());
+                    self.flush_step(now_ms());
+                }
                 () = inputs.stop.cancelled() => {
                     while let Ok(batch) = inputs.matches.try_recv() {
                         self.on_batch(batch);
@@ -815,6 +959,11 @@ impl Tracker {
                 self.compact_or_log();
             }
             self.dispatch_ready();
+        }
+        // Shows and flushes accepted are finished and answered.
+        while !self.flushing.is_empty() || !self.showing.is_empty() {
+            self.show_step(now_ms());
+            self.flush_step(now_ms());
         }
         self.finish_handed_over(&mut inputs.finished).await;
         self.run_onexit().await;
@@ -952,7 +1101,7 @@ impl Tracker {
         // gained one that is due now.
         let mut triggers = Vec::new();
         for (fid, fs) in self.filters.iter().enumerate() {
-            for (values, list) in fs.jail.iter().chain(&fs.retiring) {
+            for (values, list) in fs.jail.iter().chain(fs.retiring.iter()) {
                 triggers.extend(list.iter().map(|t| (fid, values.clone(), t.id)));
             }
         }
@@ -968,23 +1117,24 @@ impl Tracker {
     /// now, the rest is dropped, and its entries are forgotten in the
     /// store. Actions still running finish on their own.
     fn retire_filter(&mut self, fs: FilterState, summary: &mut ReloadSummary) {
-        let mut keys: Vec<&Values> = fs.jail.keys().chain(fs.retiring.keys()).collect();
+        let mut keys: Vec<&Key> = fs.jail.keys().chain(fs.retiring.keys()).collect();
         keys.extend(fs.decider.window().iter().map(|(values, _)| values));
-        keys.sort();
+        keys.sort_by(|a, b| a.cmp_text(b));
         keys.dedup();
         for values in keys {
             self.store.append(&Record::Forget {
                 stream: &fs.stream,
                 filter: &fs.name,
-                values,
+                values: values.into(),
             });
         }
-        for (values, triggers) in &fs.jail {
+        for (values, triggers) in fs.jail.iter() {
             for trigger in triggers {
-                for &action in &trigger.pending {
+                for action in trigger.pending.iter() {
                     if fs.decider.plan().actions[action].onexit {
                         summary.onexit_actions += 1;
-                        let job = job(&fs, action, values, self.action_timeout, false, None);
+                        let values = values.to_values();
+                        let job = job(&fs, action, &values, self.action_timeout, false, None);
                         schedule(&mut self.ready, job);
                     } else {
                         summary.dropped_actions += 1;
@@ -1000,22 +1150,24 @@ impl Tracker {
         self.timers.clear();
         let mut arms = Vec::new();
         for (fid, fs) in self.filters.iter_mut().enumerate() {
-            for (values, triggers) in &mut fs.jail {
+            for slot in 0..fs.jail.slot_end() {
+                let Some((_, triggers)) = fs.jail.at_mut(slot) else {
+                    continue;
+                };
                 for trigger in triggers {
                     trigger.armed = trigger
                         .pending
                         .iter()
-                        .copied()
-                        .filter(|a| !trigger.held.contains(a))
+                        .filter(|&a| !trigger.held.contains(a))
                         .collect();
-                    for &action in &trigger.armed {
-                        arms.push((fid, values.clone(), trigger.id, trigger.time, action));
+                    for action in trigger.armed.iter() {
+                        arms.push((fid, slot, trigger.id, trigger.time, action));
                     }
                 }
             }
         }
-        for (fid, values, id, time, action) in arms {
-            self.arm(fid, &values, id, time, action);
+        for (fid, slot, id, time, action) in arms {
+            self.arm(fid, slot, id, time, action);
         }
     }
 
@@ -1023,24 +1175,25 @@ impl Tracker {
         self.report.matches += 1;
         let fs = &mut self.filters[fid];
         log::match_found(&fs.stream, &fs.name, &values);
+        let key = Key::from_values(&values);
         // A jailed value's match is a duplicate: it never counts, so it is
         // not persisted as a match either.
-        if fs.persist_matches && !fs.decider.is_jailed(&values, time) {
+        if fs.persist_matches && !fs.decider.is_jailed_key(&key, time) {
             self.store.append(&Record::Match {
                 stream: &fs.stream,
                 filter: &fs.name,
-                values: &values,
+                values: (&key).into(),
                 time,
             });
         }
-        match fs.decider.on_match(values, time) {
-            Decision::Trigger(trigger) => self.on_trigger(fid, trigger),
+        match fs.decider.on_match_key(&key, values, time) {
+            Decision::Trigger(trigger) => self.on_trigger(fid, &key, trigger),
             Decision::DuplicateIgnored => self.metrics.ignored(fid, Ignored::Duplicate),
             Decision::Counted { .. } => {}
         }
     }
 
-    fn on_trigger(&mut self, fid: usize, trigger: Trigger) {
+    fn on_trigger(&mut self, fid: usize, key: &Key, trigger: Trigger) {
         if trigger.kind != TriggerKind::Extend {
             self.report.triggers += 1;
             self.metrics.trigger(fid);
@@ -1070,26 +1223,26 @@ impl Tracker {
         self.store.append(&Record::Trigger {
             stream: &fs.stream,
             filter: &fs.name,
-            values: &trigger.values,
+            values: key.into(),
             time: trigger.time,
             replace: extend,
         });
         if !extend {
             // Its first action must not run before this is on disk.
             self.durable_needed = true;
-            let id = self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed);
+            let id = self.add_pending_trigger(fid, key, trigger.time, delayed);
             let fs = &mut self.filters[fid];
-            if older_busy(fs, &trigger.values, id) {
+            if older_busy(fs, key, id) {
                 if let Some(new) = fs
                     .jail
-                    .get_mut(&trigger.values)
+                    .get_mut(key)
                     .and_then(|list| list.iter_mut().find(|t| t.id == id))
                 {
-                    new.blocked = immediate;
+                    new.blocked = immediate.into_iter().collect();
                 }
                 return;
             }
-            self.hand_over(fid, &trigger.values, id, &immediate, false);
+            self.hand_over_values(fid, key, &trigger.values, id, &immediate, false);
             return;
         }
         // An extension only moves the pending actions later: losing it in a
@@ -1097,39 +1250,46 @@ impl Tracker {
         let fs = &mut self.filters[fid];
         let refresh_every = fs.kernel_refresh_every();
         let mut refresh = false;
-        let extended = fs.jail.get_mut(&trigger.values).and_then(|triggers| {
-            // Under `extend` a value has one pending trigger at most.
-            triggers.drain(..triggers.len().saturating_sub(1));
-            let pending = triggers.last_mut()?;
-            pending.time = trigger.time;
-            if refresh_every
-                .is_some_and(|every| trigger.time.saturating_sub(pending.kernel_refreshed) > every)
-            {
-                refresh = true;
-                pending.kernel_refreshed = trigger.time;
-            }
-            // Held actions wait again, for their new due time.
-            pending.held.clear();
-            let unarmed: Vec<usize> = delayed
-                .iter()
-                .copied()
-                .filter(|a| !pending.armed.contains(a))
-                .collect();
-            pending.armed.extend(&unarmed);
-            pending.pending.clone_from(&delayed);
-            Some((pending.id, unarmed))
-        });
+        let slot = fs.jail.slot(key);
+        let extended = slot
+            .and_then(|slot| fs.jail.at_mut(slot))
+            .and_then(|(_, triggers)| {
+                // Under `extend` a value has one pending trigger at most.
+                triggers.drain(..triggers.len().saturating_sub(1));
+                let pending = triggers.last_mut()?;
+                pending.time = trigger.time;
+                if refresh_every.is_some_and(|every| {
+                    trigger.time.saturating_sub(pending.kernel_refreshed) > every
+                }) {
+                    refresh = true;
+                    pending.kernel_refreshed = trigger.time;
+                }
+                // Held actions wait again, for their new due time.
+                pending.held.clear();
+                let unarmed: Vec<usize> = delayed
+                    .iter()
+                    .copied()
+                    .filter(|&a| !pending.armed.contains(a))
+                    .collect();
+                for &action in &unarmed {
+                    pending.armed.insert(action);
+                }
+                pending.pending = delayed.iter().copied().collect();
+                Some((pending.id, unarmed))
+            });
         let (id, unarmed) = match extended {
             Some(extended) => extended,
             None => {
-                let id = self.add_pending_trigger(fid, &trigger.values, trigger.time, delayed);
+                let id = self.add_pending_trigger(fid, key, trigger.time, delayed);
                 (id, Vec::new())
             }
         };
-        for action in unarmed {
-            self.arm(fid, &trigger.values, id, trigger.time, action);
+        if let Some(slot) = slot {
+            for action in unarmed {
+                self.arm(fid, slot, id, trigger.time, action);
+            }
         }
-        self.hand_over(fid, &trigger.values, id, &immediate, false);
+        self.hand_over_values(fid, key, &trigger.values, id, &immediate, false);
         if refresh {
             self.refresh_kernel_timeouts(fid, &trigger.values);
         }
@@ -1139,7 +1299,7 @@ impl Tracker {
     /// kernel set with a timeout would leave the set at the old time, before
     /// the moved unban: it is added again with its full timeout, quietly
     /// (no `run` line, not counted as an action).
-    fn refresh_kernel_timeouts(&mut self, fid: usize, values: &Values) {
+    fn refresh_kernel_timeouts(&mut self, fid: usize, values: &[String]) {
         let fs = &self.filters[fid];
         for (action, spec) in fs.actions.iter().enumerate() {
             let refreshes = spec
@@ -1159,10 +1319,19 @@ impl Tracker {
 
     /// Hands over immediate actions of a trigger, which its delayed actions
     /// then wait for.
-    fn hand_over(
+    fn hand_over(&mut self, fid: usize, key: &Key, id: u64, actions: &[usize], replayed: bool) {
+        if actions.is_empty() {
+            return;
+        }
+        self.hand_over_values(fid, key, &key.to_values(), id, actions, replayed);
+    }
+
+    /// [`Tracker::hand_over`] with the values of `key` at hand.
+    fn hand_over_values(
         &mut self,
         fid: usize,
-        values: &Values,
+        key: &Key,
+        values: &[String],
         id: u64,
         actions: &[usize],
         replayed: bool,
@@ -1189,7 +1358,7 @@ impl Tracker {
         }
         if let Some(trigger) = fs
             .jail
-            .get_mut(values)
+            .get_mut(key)
             .and_then(|list| list.iter_mut().find(|t| t.id == id))
         {
             trigger.in_flight += actions.len() as u32;
@@ -1201,33 +1370,30 @@ impl Tracker {
             let Some(Reverse(timer)) = self.timers.pop() else {
                 break;
             };
-            let fs = &mut self.filters[timer.filter];
+            let (fid, action) = (timer.filter as usize, timer.action as usize);
+            let fs = &mut self.filters[fid];
             let plan = fs.decider.plan();
-            let Some(triggers) = fs.jail.get_mut(&timer.values) else {
+            let Some((key, triggers)) = fs.jail.at_mut(timer.slot) else {
                 continue;
             };
             let Some(trigger) = triggers.iter_mut().find(|t| t.id == timer.trigger) else {
                 // Flushed, or replaced: a stale timer.
                 continue;
             };
-            trigger.armed.retain(|&a| a != timer.action);
-            if !trigger.pending.contains(&timer.action) {
+            trigger.armed.remove(action);
+            if !trigger.pending.contains(action) {
                 continue;
             }
-            let due = due(plan, trigger, timer.action);
+            let due = due(plan, trigger, action);
             if due > now {
                 // Extended since this timer was armed.
-                trigger.armed.push(timer.action);
-                self.next_seq += 1;
-                self.timers.push(Reverse(Timer {
-                    at: due,
-                    seq: self.next_seq,
-                    ..timer
-                }));
+                trigger.armed.insert(action);
+                self.timers.push(Reverse(Timer { at: due, ..timer }));
                 continue;
             }
-            hold(plan, trigger, timer.action);
-            self.settle(timer.filter, &timer.values, timer.trigger);
+            trigger.held.insert(action);
+            let key = key.clone();
+            self.settle(fid, &key, timer.trigger);
         }
     }
 
@@ -1280,24 +1446,23 @@ impl Tracker {
         let now = now_ms();
         let filters = &self.filters;
         let live = filters.iter().flat_map(move |fs| {
-            let triggers = fs
-                .persist_triggers
-                .then(|| {
-                    fs.jail
-                        .iter()
-                        .chain(&fs.retiring)
-                        .flat_map(move |(values, triggers)| {
-                            triggers.iter().map(move |t| Record::Trigger {
-                                stream: &fs.stream,
-                                filter: &fs.name,
-                                values,
-                                time: t.time,
-                                replace: false,
-                            })
-                        })
-                })
-                .into_iter()
-                .flatten();
+            let triggers =
+                fs.persist_triggers
+                    .then(|| {
+                        fs.jail.iter().chain(fs.retiring.iter()).flat_map(
+                            move |(values, triggers)| {
+                                triggers.iter().map(move |t| Record::Trigger {
+                                    stream: &fs.stream,
+                                    filter: &fs.name,
+                                    values: values.into(),
+                                    time: t.time,
+                                    replace: false,
+                                })
+                            },
+                        )
+                    })
+                    .into_iter()
+                    .flatten();
             let period = fs.decider.plan().retry_period;
             let matches = fs
                 .persist_matches
@@ -1309,7 +1474,7 @@ impl Tracker {
                             .map(move |&time| Record::Match {
                                 stream: &fs.stream,
                                 filter: &fs.name,
-                                values,
+                                values: values.into(),
                                 time,
                             })
                     })
@@ -1424,13 +1589,14 @@ impl Tracker {
     async fn run_onexit(&mut self) {
         let mut jobs = Vec::new();
         for fs in &self.filters {
-            for (values, triggers) in &fs.jail {
+            for (values, triggers) in fs.jail.iter() {
                 for trigger in triggers {
-                    for &action in &trigger.pending {
+                    for action in trigger.pending.iter() {
                         if fs.decider.plan().actions[action].onexit {
                             // No owner: the trigger stays in the store, and
                             // the next start runs what is due then.
-                            let job = job(fs, action, values, self.action_timeout, false, None);
+                            let values = values.to_values();
+                            let job = job(fs, action, &values, self.action_timeout, false, None);
                             jobs.push(job);
                         }
                     }
@@ -1465,10 +1631,10 @@ impl Tracker {
             metrics: Some(self.metrics.clone()),
         };
         for fs in &self.filters {
-            for (values, triggers) in &fs.jail {
+            for (values, triggers) in fs.jail.iter() {
                 let mut actions = Vec::new();
                 for trigger in triggers {
-                    for &action in &trigger.pending {
+                    for action in trigger.pending.iter() {
                         snapshot.per_action[fs.first_action + action] += 1;
                         actions.push(action);
                     }
@@ -1480,7 +1646,7 @@ impl Tracker {
                 if with_keys {
                     snapshot.keys.push(PendingKey {
                         filter: fs.id,
-                        values: values.clone(),
+                        values: values.to_values(),
                         actions,
                     });
                 }
@@ -1495,8 +1661,23 @@ impl Tracker {
                 self.forward_reload(cmd.respond);
                 return;
             }
-            Request::Show(selection) => self.show(&selection),
-            Request::Flush(selection) => self.flush(&selection),
+            Request::Show(selection) => match self.collect_job(&selection) {
+                Ok(job) => {
+                    // Copied a chunk per round, then rendered off the
+                    // tracker and sent as it comes.
+                    self.showing.push_back((job, cmd.respond));
+                    return;
+                }
+                Err(message) => Err(message),
+            },
+            Request::Flush(selection) => match self.flush_job(&selection) {
+                Ok(job) => {
+                    // Flushed a chunk per round, then answered.
+                    self.flushing.push_back((job, cmd.respond));
+                    return;
+                }
+                Err(message) => Err(message),
+            },
             Request::Trigger {
                 stream,
                 filter,
@@ -1574,28 +1755,7 @@ impl Tracker {
         Ok(out)
     }
 
-    /// The selected keys of a filter: every value with counted matches or
-    /// pending triggers.
-    fn selected_keys(&self, selected: &SelectedFilter, now: Time) -> Vec<Values> {
-        let (fid, slots) = (selected.fid, &selected.slots);
-        let fs = &self.filters[fid];
-        let keep = |values: &Values| slots.iter().all(|(slot, re)| re.is_match(&values[*slot]));
-        let mut keys: Vec<Values> = fs
-            .decider
-            .window()
-            .iter()
-            .map(|(values, _)| values)
-            .filter(|v| fs.decider.window().count(v, now) > 0)
-            .chain(fs.jail.keys())
-            .filter(|v| keep(v))
-            .cloned()
-            .collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    }
-
-    fn entry(&self, fid: usize, values: &Values, now: Time) -> Option<Value> {
+    fn entry(&self, fid: usize, values: &Key, now: Time) -> Option<Value> {
         let fs = &self.filters[fid];
         let mut entry = Map::new();
         let matches = fs.decider.window().count(values, now);
@@ -1607,7 +1767,7 @@ impl Tracker {
             for (action, name) in fs.action_names.iter().enumerate() {
                 let mut times: Vec<Time> = triggers
                     .iter()
-                    .filter(|t| t.pending.contains(&action))
+                    .filter(|t| t.pending.contains(action))
                     .map(|t| {
                         t.time
                             .saturating_add(fs.decider.plan().actions[action].after.unwrap_or(0))
@@ -1627,12 +1787,7 @@ impl Tracker {
         (!entry.is_empty()).then_some(Value::Object(entry))
     }
 
-    fn insert_entry(
-        tree: &mut Map<String, Value>,
-        fs: &FilterState,
-        values: &Values,
-        entry: Value,
-    ) {
+    fn insert_entry(tree: &mut Map<String, Value>, fs: &FilterState, values: &Key, entry: Value) {
         let filters = tree
             .entry(fs.stream.to_string())
             .or_insert_with(|| Value::Object(Map::new()));
@@ -1641,40 +1796,236 @@ impl Tracker {
                 .entry(fs.name.to_string())
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Value::Object(keys) = keys {
-                keys.insert(values.join(" "), entry);
+                keys.insert(values.to_string(), entry);
             }
         }
     }
 
-    fn show(&self, selection: &Selection) -> Result<Value, String> {
-        let now = now_ms();
-        let mut tree = Map::new();
-        for selected in self.selected(selection)? {
-            let fid = selected.fid;
-            for values in self.selected_keys(&selected, now) {
-                if let Some(entry) = self.entry(fid, &values, now) {
-                    Self::insert_entry(&mut tree, &self.filters[fid], &values, entry);
+    /// A copy of what `show` (or `flush`) selects, to fill a chunk per
+    /// round ([`Tracker::collect_some`]): every value with counted matches
+    /// or pending triggers of the selected filters, compact, unsorted and
+    /// not yet matched against the value regexes (both are done off the
+    /// tracker, by [`show::render`]).
+    fn collect_job(&self, selection: &Selection) -> Result<Collect, String> {
+        let mut filters = Vec::new();
+        let mut fids = Vec::new();
+        for SelectedFilter { fid, slots } in self.selected(selection)? {
+            fids.push(fid);
+            let fs = &self.filters[fid];
+            let plan = fs.decider.plan();
+            filters.push(show::FilterRows {
+                stream: fs.stream.clone(),
+                filter: fs.name.clone(),
+                actions: fs
+                    .action_names
+                    .iter()
+                    .zip(&plan.actions)
+                    .map(|(name, spec)| (name.clone(), spec.after.unwrap_or(0)))
+                    .collect(),
+                slots,
+                rows: Vec::new(),
+            });
+        }
+        Ok(Collect {
+            generation: self.generation,
+            snapshot: show::Snapshot {
+                filters,
+                max: selection.max,
+            },
+            fids,
+            filter: 0,
+            window: false,
+            slot: 0,
+        })
+    }
+
+    /// Copies up to `budget` more entries into `job`: first each filter's
+    /// jail, then its retry window. Returns whether it is done. Entries
+    /// change between rounds: one added meanwhile may be missed or met
+    /// twice (the render shows it once).
+    fn collect_some(&self, job: &mut Collect, mut budget: usize, now: Time) -> bool {
+        while budget > 0 {
+            let Some(rows) = job.snapshot.filters.get_mut(job.filter) else {
+                return true;
+            };
+            // A reload since: the filter's id now, if it is still there.
+            let fs = self
+                .current_filter(job.generation, job.fids[job.filter])
+                .and_then(|fid| self.filters.get(fid));
+            let Some(fs) = fs else {
+                (job.filter, job.window, job.slot) = (job.filter + 1, false, 0);
+                continue;
+            };
+            let window = fs.decider.window();
+            if !job.window {
+                if job.slot >= fs.jail.slot_end() {
+                    (job.window, job.slot) = (true, 0);
+                    continue;
+                }
+                if let Some((key, triggers)) = fs.jail.at(job.slot) {
+                    let matches = if window.is_empty() {
+                        0
+                    } else {
+                        window.count(key, now)
+                    };
+                    rows.rows.push(show::Row {
+                        key: key.clone(),
+                        matches: u32::try_from(matches).unwrap_or(u32::MAX),
+                        triggers: triggers
+                            .iter()
+                            .map(|t| show::Pending {
+                                time: t.time,
+                                actions: t.pending.0,
+                            })
+                            .collect(),
+                    });
+                }
+            } else {
+                if job.slot >= window.slot_end() {
+                    (job.filter, job.window, job.slot) = (job.filter + 1, false, 0);
+                    continue;
+                }
+                if let Some((key, matches)) = window.at(job.slot, now)
+                    && !fs.jail.contains_key(key)
+                {
+                    rows.rows.push(show::Row {
+                        key: key.clone(),
+                        matches: u32::try_from(matches).unwrap_or(u32::MAX),
+                        triggers: SmallVec::new(),
+                    });
                 }
             }
+            job.slot += 1;
+            budget -= 1;
         }
-        Ok(Value::Object(tree))
+        job.filter >= job.snapshot.filters.len()
+    }
+
+    /// One round's chunk of the oldest `show` under way; once its copy is
+    /// whole, it is rendered off the tracker and sent as it comes.
+    fn show_step(&mut self, now: Time) {
+        let Some((mut job, respond)) = self.showing.pop_front() else {
+            return;
+        };
+        if !self.collect_some(&mut job, COLLECT_CHUNK, now) {
+            self.showing.push_front((job, respond));
+            return;
+        }
+        let (pieces, answer) = mpsc::channel(4);
+        let snapshot = job.snapshot;
+        tokio::task::spawn_blocking(move || {
+            show::render(snapshot, |piece| pieces.blocking_send(piece).is_ok())
+        });
+        let _ = respond.send(Response::Pieces(answer));
+    }
+
+    /// The whole copy of a selection at once (tests).
+    #[cfg(test)]
+    fn show_snapshot(&self, selection: &Selection) -> Result<show::Snapshot, String> {
+        let mut job = self.collect_job(selection)?;
+        while !self.collect_some(&mut job, COLLECT_CHUNK, now_ms()) {}
+        Ok(job.snapshot)
+    }
+
+    /// `show`'s answer as a tree, rendered here (tests).
+    #[cfg(test)]
+    fn show(&self, selection: &Selection) -> Result<Value, String> {
+        let mut text = Vec::new();
+        show::render(self.show_snapshot(selection)?, |piece| {
+            text.extend_from_slice(&piece);
+            true
+        });
+        let mut answer: Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        Ok(answer["ok"].take())
     }
 
     /// Runs the selected pending actions now and forgets the selected
     /// matches; answers with what was flushed.
-    fn flush(&mut self, selection: &Selection) -> Result<Value, String> {
-        let now = now_ms();
-        let mut tree = Map::new();
-        for selected in self.selected(selection)? {
-            let fid = selected.fid;
-            for values in self.selected_keys(&selected, now) {
-                if let Some(entry) = self.entry(fid, &values, now) {
-                    Self::insert_entry(&mut tree, &self.filters[fid], &values, entry);
-                }
-                self.flush_value(fid, &values, now);
+    /// A flush as a job: the selected entries as they are now, to flush
+    /// chunk by chunk and answer with.
+    fn flush_job(&self, selection: &Selection) -> Result<FlushJob, String> {
+        let mut collect = self.collect_job(selection)?;
+        collect.snapshot.max = None;
+        Ok(FlushJob {
+            collect,
+            collected: false,
+            filter: 0,
+            row: 0,
+        })
+    }
+
+    /// Flushes up to `budget` more entries of `job`; returns whether it is
+    /// done. An entry is flushed as it is when its turn comes.
+    fn flush_some(&mut self, job: &mut FlushJob, mut budget: usize, now: Time) -> bool {
+        while budget > 0 {
+            let Some(rows) = job.collect.snapshot.filters.get(job.filter) else {
+                return true;
+            };
+            let Some(row) = rows.rows.get(job.row) else {
+                job.filter += 1;
+                job.row = 0;
+                continue;
+            };
+            job.row += 1;
+            budget -= 1;
+            // What `show` lists: counted matches, or triggers kept.
+            let selected = (row.matches > 0 || !row.triggers.is_empty())
+                && rows.slots.iter().all(|(slot, re)| {
+                    row.key
+                        .with_text(*slot, |text| re.is_match(text))
+                        .unwrap_or(false)
+                });
+            // A reload since: the filter's id now, if it is still there.
+            let fid = self.current_filter(job.collect.generation, job.collect.fids[job.filter]);
+            if let (true, Some(fid)) = (selected, fid) {
+                let key = row.key.clone();
+                self.flush_value(fid, &key, now);
             }
         }
-        Ok(Value::Object(tree))
+        job.filter >= job.collect.snapshot.filters.len()
+    }
+
+    /// One round's chunk of the oldest flush under way; once it is done
+    /// (and committed), its answer is rendered off the tracker.
+    fn flush_step(&mut self, now: Time) {
+        let Some((mut job, respond)) = self.flushing.pop_front() else {
+            return;
+        };
+        if !job.collected {
+            // First the copy of what it selects (its answer), then the flush.
+            job.collected = self.collect_some(&mut job.collect, COLLECT_CHUNK, now);
+            self.flushing.push_front((job, respond));
+            return;
+        }
+        if !self.flush_some(&mut job, FLUSH_CHUNK, now) {
+            self.flushing.push_front((job, respond));
+            return;
+        }
+        // Durable before the client hears "done" and before actions run.
+        self.commit_or_log();
+        self.dispatch_ready();
+        let (pieces, answer) = mpsc::channel(4);
+        let snapshot = job.collect.snapshot;
+        tokio::task::spawn_blocking(move || {
+            show::render(snapshot, |piece| pieces.blocking_send(piece).is_ok())
+        });
+        let _ = respond.send(Response::Pieces(answer));
+    }
+
+    /// Runs the selected pending actions now and forgets the selected
+    /// matches, all at once; answers with what was flushed (tests).
+    #[cfg(test)]
+    fn flush(&mut self, selection: &Selection) -> Result<Value, String> {
+        let mut job = self.flush_job(selection)?;
+        while !self.collect_some(&mut job.collect, COLLECT_CHUNK, now_ms()) {}
+        while !self.flush_some(&mut job, FLUSH_CHUNK, now_ms()) {}
+        let mut text = Vec::new();
+        show::render(job.collect.snapshot, |piece| {
+            text.extend_from_slice(&piece);
+            true
+        });
+        let mut answer: Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        Ok(answer["ok"].take())
     }
 
     /// Forgets the matches and triggers of `values` and releases every
@@ -1684,32 +2035,33 @@ impl Tracker {
     /// crash before they finish runs them at restart (after the trigger's
     /// earlier actions, as any overdue action), and they leave the store
     /// only once they have finished.
-    fn flush_value(&mut self, fid: usize, values: &Values, now: Time) {
+    fn flush_value(&mut self, fid: usize, values: &Key, now: Time) {
         let fs = &mut self.filters[fid];
         fs.decider.forget(values);
         self.store.append(&Record::Forget {
             stream: &fs.stream,
             filter: &fs.name,
-            values,
+            values: values.into(),
         });
         self.durable_needed = true;
         let all_due = now.saturating_sub(fs.decider.plan().longest_delay().unwrap_or(0));
         let mut released = Vec::new();
         for mut trigger in fs.jail.remove(values).unwrap_or_default() {
             trigger.time = all_due;
-            trigger.replay_until = 0;
+            trigger.restored = false;
             trigger.armed.clear();
-            for action in trigger.pending.clone() {
-                hold(fs.decider.plan(), &mut trigger, action);
-            }
+            trigger.held = trigger.pending;
             released.push(trigger.id);
-            fs.retiring.entry(values.clone()).or_default().push(trigger);
+            fs.retiring
+                .get_or_insert_with(values, Triggers::new)
+                .1
+                .push(trigger);
         }
         for trigger in fs.retiring.get(values).into_iter().flatten() {
             self.store.append(&Record::Trigger {
                 stream: &fs.stream,
                 filter: &fs.name,
-                values,
+                values: values.into(),
                 time: trigger.time,
                 replace: false,
             });
@@ -1758,16 +2110,51 @@ impl Tracker {
             .collect::<Result<Vec<_>, _>>()?
             .into_boxed_slice();
         let now = now_ms();
-        let decision = self.filters[fid].decider.force_trigger(values.clone(), now);
+        let key = Key::from_values(&values);
+        let decision = self.filters[fid].decider.force_trigger(values, now);
         if let Decision::Trigger(trigger) = decision {
-            self.on_trigger(fid, trigger);
+            self.on_trigger(fid, &key, trigger);
         }
         let mut tree = Map::new();
-        if let Some(entry) = self.entry(fid, &values, now) {
-            Self::insert_entry(&mut tree, &self.filters[fid], &values, entry);
+        if let Some(entry) = self.entry(fid, &key, now) {
+            Self::insert_entry(&mut tree, &self.filters[fid], &key, entry);
         }
         Ok(Value::Object(tree))
     }
+}
+
+/// Entries a flush handles per tracker round.
+const FLUSH_CHUNK: usize = 4096;
+
+/// A flush under way, a chunk per tracker round: a flush of a million
+/// entries never stops matching and timers for long.
+#[derive(Debug)]
+struct FlushJob {
+    /// The selected entries as they were: what is flushed, and the answer.
+    collect: Collect,
+    /// Whether `collect` is whole.
+    collected: bool,
+    /// Where the next chunk starts.
+    filter: usize,
+    row: usize,
+}
+
+/// Entries a `show` or `flush` copies per tracker round.
+const COLLECT_CHUNK: usize = 16_384;
+
+/// What a `show` or `flush` selects, copied a chunk per tracker round.
+#[derive(Debug)]
+struct Collect {
+    /// The configuration generation `fids` belong to.
+    generation: u64,
+    snapshot: show::Snapshot,
+    /// The filter id of each of the snapshot's filters.
+    fids: Vec<usize>,
+    /// Where the next chunk starts: a filter, its jail or its window, a
+    /// slot.
+    filter: usize,
+    window: bool,
+    slot: u32,
 }
 
 /// A filter `show`/`flush` act on, and the value regexes to apply to its
@@ -1941,9 +2328,9 @@ streams:
     fn kept(tracker: &Tracker) -> usize {
         let fs = &tracker.filters[0];
         fs.jail
-            .values()
-            .chain(fs.retiring.values())
-            .map(Vec::len)
+            .iter()
+            .chain(fs.retiring.iter())
+            .map(|(_, list)| list.len())
             .sum()
     }
 
@@ -1959,7 +2346,7 @@ streams:
         Record::Trigger {
             stream: "ssh",
             filter: "failed",
-            values: ip,
+            values: ip.into(),
             time,
             replace: false,
         }
@@ -2012,9 +2399,12 @@ streams:
         assert!(tracker.ready.is_empty());
         // The recidive trigger is jailed, its ban handed over after a
         // commit (nothing is left buffered) and it waits for the ban.
-        let jailed = &tracker.filters[1].jail[&ip];
+        let jailed = &tracker.filters[1]
+            .jail
+            .get(&Key::from_values(&ip))
+            .expect("jailed");
         assert_eq!(jailed.len(), 1);
-        assert_eq!(jailed[0].pending, vec![1]);
+        assert_eq!(jailed[0].pending.to_vec(), vec![1]);
         assert!(!tracker.durable_needed);
         assert_eq!(tracker.report.triggers, 3);
         assert_eq!(tracker.report.actions, 3);
@@ -2165,7 +2555,7 @@ streams:
                 Record::Trigger {
                     stream: "ssh",
                     filter: "gone",
-                    values: &ip,
+                    values: (&ip).into(),
                     time: T0,
                     replace: false,
                 },
@@ -2184,7 +2574,7 @@ streams:
             &[Record::Match {
                 stream: "ssh",
                 filter: "failed",
-                values: &ip,
+                values: (&ip).into(),
                 time: T0,
             }],
             T0 + 1000,
@@ -2350,6 +2740,7 @@ streams:
         let select = |pattern: &str| Selection {
             limit: None,
             patterns: vec![("ip".to_owned(), pattern.to_owned())],
+            max: None,
         };
         let tree = tracker.show(&select("192.0.2.7")).expect("show");
         assert_eq!(
@@ -2358,6 +2749,151 @@ streams:
         );
         assert_eq!(tracker.show(&select("user")).expect("show"), json!({}));
         assert!(tracker.show(&select("(")).is_err());
+    }
+
+    /// A `show` through the control path: the pieces put together.
+    async fn show_answer(tracker: &mut Tracker, selection: Selection) -> String {
+        let (respond, answer) = oneshot::channel();
+        tracker.on_control(ControlCmd {
+            request: Request::Show(selection),
+            respond,
+        });
+        // The copy goes a chunk per round.
+        while !tracker.showing.is_empty() {
+            tracker.show_step(now_ms());
+        }
+        let Ok(Response::Pieces(mut pieces)) = answer.await else {
+            panic!("a show answers in pieces");
+        };
+        let mut text = Vec::new();
+        while let Some(piece) = pieces.recv().await {
+            text.extend_from_slice(&piece);
+        }
+        String::from_utf8(text).expect("utf-8")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn show_in_pieces_is_the_tree_flush_answers_and_max_cuts_it() {
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        let now = now_ms();
+        for ip in ["192.0.2.9", "192.0.2.10", "2001:db8::7"] {
+            ban(&mut tracker, &values(ip), now);
+        }
+        tracker.on_match(0, values("198.51.100.1"), now);
+        let text = show_answer(&mut tracker, Selection::default()).await;
+        let unban = format_time(now + HOUR);
+        let tree = json!({"ssh": {"failed": {
+            "192.0.2.10": {"actions": {"unban": [unban]}},
+            "192.0.2.9": {"actions": {"unban": [unban]}},
+            "198.51.100.1": {"matches": 1},
+            "2001:db8::7": {"actions": {"unban": [unban]}},
+        }}});
+        // Byte for byte what the whole tree serialized is.
+        assert_eq!(text, json!({ "ok": tree }).to_string());
+        let cut = show_answer(
+            &mut tracker,
+            Selection {
+                max: Some(1),
+                ..Selection::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            cut,
+            json!({"ok": {"ssh": {"failed": {"192.0.2.10": {"actions": {"unban": [unban]}}}}},
+                   "left_out": 3})
+            .to_string()
+        );
+        // A flush answers the same tree, whole, and leaves nothing.
+        assert_eq!(tracker.flush(&Selection::default()).expect("flush"), tree);
+        assert_eq!(
+            show_answer(&mut tracker, Selection::default()).await,
+            r#"{"ok":{}}"#
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_show_copied_over_rounds_lists_a_value_met_twice_once() {
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        let now = now_ms();
+        let ip = |i: usize| std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).to_string();
+        let count = COLLECT_CHUNK + 10;
+        for i in 0..count {
+            ban(&mut tracker, &values(&ip(i)), now);
+        }
+        let (respond, answer) = oneshot::channel();
+        tracker.on_control(ControlCmd {
+            request: Request::Show(Selection::default()),
+            respond,
+        });
+        tracker.show_step(now);
+        assert_eq!(tracker.showing.len(), 1, "one chunk copied, not all");
+        // An address already copied is flushed and banned again: its entry
+        // moves to a slot not copied yet.
+        tracker.flush_value(0, &Key::from_value(&ip(1)), now);
+        take_ready(&mut tracker);
+        ban(&mut tracker, &values("192.0.2.200"), now);
+        ban(&mut tracker, &values(&ip(1)), now);
+        while !tracker.showing.is_empty() {
+            tracker.show_step(now);
+        }
+        let Ok(Response::Pieces(mut pieces)) = answer.await else {
+            panic!("a show answers in pieces");
+        };
+        let mut text = Vec::new();
+        while let Some(piece) = pieces.recv().await {
+            text.extend_from_slice(&piece);
+        }
+        let text = String::from_utf8(text).expect("utf-8");
+        assert_eq!(text.matches(&format!("\"{}\"", ip(1))).count(), 1);
+        let tree: Value = serde_json::from_str(&text).expect("JSON");
+        let shown = tree["ok"]["ssh"]["failed"].as_object().expect("entries");
+        assert!((0..count).all(|i| shown.contains_key(&ip(i))));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_large_flush_goes_a_chunk_per_round_and_answers_once_done() {
+        let fx = fixture(&[], T0);
+        let mut tracker = fx.tracker;
+        let now = now_ms();
+        let count = FLUSH_CHUNK + 100;
+        for i in 0..count {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i as u32).to_string();
+            ban(&mut tracker, &values(&ip), now);
+        }
+        let (respond, mut answer) = oneshot::channel();
+        tracker.on_control(ControlCmd {
+            request: Request::Flush(Selection::default()),
+            respond,
+        });
+        // The copy of what it selects first: nothing flushed yet.
+        tracker.flush_step(now);
+        assert_eq!(tracker.filters[0].jail.len(), count);
+        tracker.flush_step(now);
+        // One chunk done: the rest is still jailed, and no answer yet.
+        assert!(answer.try_recv().is_err());
+        assert_eq!(tracker.filters[0].jail.len(), count - FLUSH_CHUNK);
+        tracker.flush_step(now);
+        assert!(tracker.flushing.is_empty());
+        assert_eq!(tracker.filters[0].jail.len(), 0);
+        let Ok(Response::Pieces(mut pieces)) = answer.await else {
+            panic!("a flush answers in pieces");
+        };
+        let mut text = Vec::new();
+        while let Some(piece) = pieces.recv().await {
+            text.extend_from_slice(&piece);
+        }
+        let tree: Value = serde_json::from_slice(&text).expect("JSON");
+        let flushed = tree["ok"]["ssh"]["failed"].as_object().expect("entries");
+        assert_eq!(flushed.len(), count);
+        assert_eq!(
+            flushed["10.0.0.1"],
+            json!({"actions": {"unban": [format_time(now + HOUR)]}})
+        );
+        // Every unban was released and handed over.
+        assert_eq!(tracker.report.actions, count as u64);
     }
 
     #[tokio::test(flavor = "multi_thread")]

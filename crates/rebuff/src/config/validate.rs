@@ -72,6 +72,9 @@ const PLUGIN_KEYS: &[&str] = &["path", "check_root", "systemd", "systemd_options
 /// reaction's plugins whose types rebuff builds in.
 const BUILT_IN_PLUGINS: &[&str] = &["nftables", "ipset", "virtual"];
 const VIRTUAL_OPTION_KEYS: &[&str] = &["send", "to"];
+/// Actions of one filter: the daemon keeps a trigger's actions as bits of
+/// one word (a jailed address is counted in bytes at a million of them).
+pub const MAX_ACTIONS: usize = 64;
 
 /// Default and minimum of `state_rotation_interval`, as in reaction.
 const ROTATION_DEFAULT_MS: u64 = 24 * 3_600_000;
@@ -1238,6 +1241,16 @@ impl Checker {
         if let Some(node) = get(entries, "actions") {
             let apath = join(path, "actions");
             if let Some(defs) = self.map(node, &apath, "a map of action names to actions") {
+                if defs.len() > MAX_ACTIONS {
+                    self.error(
+                        &node.loc,
+                        &apath,
+                        format!(
+                            "a filter has at most {MAX_ACTIONS} actions, found {}",
+                            defs.len()
+                        ),
+                    );
+                }
                 for (akey, adef) in defs {
                     let action_path = join(&apath, &akey.name);
                     let context = FilterContext {
@@ -1791,6 +1804,24 @@ mod tests {
         format!(
             "patterns:\n  ip:\n    type: ip\n{patterns}streams:\n  s:\n    cmd: [cat]\n    filters:\n      f:\n        regex: ['{regex}']\n"
         )
+    }
+
+    #[test]
+    fn a_filter_has_at_most_64_actions() {
+        let actions = |n: usize| {
+            let mut text = with_regex("", "from <ip>");
+            text.push_str("        actions:\n");
+            for i in 0..n {
+                text.push_str(&format!("          a{i}:\n            cmd: [echo]\n"));
+            }
+            text
+        };
+        assert!(load_yaml(&actions(64)).is_ok());
+        let err = load_yaml(&actions(65)).expect_err("too many").to_string();
+        assert!(
+            err.contains("c.yml:11:11: streams.s.filters.f.actions: a filter has at most 64 actions, found 65"),
+            "{err}"
+        );
     }
 
     fn warnings(text: &str) -> Vec<String> {

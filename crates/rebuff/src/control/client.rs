@@ -60,6 +60,19 @@ pub enum ClientError {
 /// Sends one request to the daemon listening on `socket` and returns the
 /// tree it answers; an error answer becomes [`ClientError::Daemon`].
 pub fn request(socket: &Path, request: Request) -> Result<serde_json::Value, ClientError> {
+    request_full(socket, request).map(|answer| answer.tree)
+}
+
+/// A daemon's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub tree: serde_json::Value,
+    /// Entries a `show --max` left out.
+    pub left_out: u64,
+}
+
+/// [`request`], with how many entries `show --max` left out.
+pub fn request_full(socket: &Path, request: Request) -> Result<Answer, ClientError> {
     let path = || socket.to_owned();
     // Connecting to a Unix socket never waits: a missing file or a socket
     // nobody listens on fails at once, which `show` callers rely on.
@@ -121,14 +134,26 @@ pub fn request(socket: &Path, request: Request) -> Result<serde_json::Value, Cli
     if answer.len() as u64 > MAX_ANSWER {
         return Err(ClientError::TooLarge { path: path() });
     }
-    match serde_json::from_slice(&answer) {
-        Ok(Response::Ok(tree)) => Ok(tree),
-        Ok(Response::Error(message)) => Err(ClientError::Daemon(message)),
-        Err(error) => Err(ClientError::Decode {
-            path: path(),
-            error,
-        }),
-    }
+    decode(&answer).map_err(|error| ClientError::Decode {
+        path: path(),
+        error,
+    })?
+}
+
+/// An answer's text: `{"ok": tree}` (with `"left_out": n` after a cut
+/// `show`) or `{"error": message}`.
+fn decode(answer: &[u8]) -> Result<Result<Answer, ClientError>, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(answer)?;
+    let left_out = match value.as_object_mut().and_then(|o| o.remove("left_out")) {
+        Some(n) => serde_json::from_value(n)?,
+        None => 0,
+    };
+    Ok(match serde_json::from_value(value)? {
+        Response::Ok(tree) => Ok(Answer { tree, left_out }),
+        Response::Error(message) => Err(ClientError::Daemon(message)),
+        // Never on the wire: `serde(skip)`.
+        Response::Pieces(_) => Err(ClientError::Daemon("unexpected answer".into())),
+    })
 }
 
 /// Whatever the daemon wrote before the connection ended, best effort.
@@ -192,6 +217,7 @@ pub fn selection(limit: Option<&str>, patterns: &[String]) -> Result<Selection, 
     Ok(Selection {
         limit: limit.map(parse_limit).transpose()?,
         patterns: parse_patterns(patterns)?,
+        max: None,
     })
 }
 

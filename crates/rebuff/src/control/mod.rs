@@ -8,9 +8,10 @@
 
 pub mod client;
 pub mod server;
+pub mod show;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Protocol version both sides check, so a client of another release gets
 /// a clear error instead of a misread answer.
@@ -29,6 +30,10 @@ pub struct Selection {
     pub limit: Option<Limit>,
     /// `(pattern name, regex)` pairs; the regex must match the whole value.
     pub patterns: Vec<(String, String)>,
+    /// `show` only: at most this many entries (`--max`); the answer says
+    /// how many it left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
 }
 
 /// What a client asks.
@@ -57,12 +62,29 @@ pub struct Envelope {
 
 /// The daemon's answer: the `show` tree
 /// (`stream -> filter -> "values joined by a space" -> {matches, actions}`)
-/// or an error message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// or an error message. A `show` answer may also carry `"left_out": n`
+/// beside `"ok"`: the entries `max` cut.
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Ok(serde_json::Value),
     Error(String),
+    /// The JSON text of a whole answer, in pieces, as the tracker renders
+    /// it off its loop (a `show`): between the tracker and the socket only,
+    /// never encoded as such.
+    #[serde(skip)]
+    Pieces(mpsc::Receiver<Vec<u8>>),
+}
+
+/// Answers compare by content; a stream of pieces equals nothing.
+impl PartialEq for Response {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Response::Ok(a), Response::Ok(b)) => a == b,
+            (Response::Error(a), Response::Error(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 /// A request on its way to the tracker, with where the answer goes.

@@ -460,6 +460,10 @@ async fn serve(
             Response::Error(rejection.to_string())
         }
     };
+    if let Response::Pieces(pieces) = response {
+        write_pieces(stream, pieces, limits).await;
+        return;
+    }
     let answer = match serde_json::to_vec(&response) {
         Ok(answer) => answer,
         Err(e) => {
@@ -478,6 +482,30 @@ async fn serve(
         Ok(Err(e)) => tracing::debug!(error = %e, "cannot write the control answer"),
         Err(_) => tracing::debug!("control client did not take its answer in time"),
     }
+}
+
+/// Writes an answer that comes in pieces, each within the write timeout;
+/// a client that stops reading drops the rest (and so stops its rendering).
+async fn write_pieces(
+    mut stream: UnixStream,
+    mut pieces: mpsc::Receiver<Vec<u8>>,
+    limits: ServerLimits,
+) {
+    while let Some(piece) = pieces.recv().await {
+        let written = tokio::time::timeout(limits.write_timeout, stream.write_all(&piece)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot write the control answer");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("control client did not take its answer in time");
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(limits.write_timeout, stream.shutdown()).await;
 }
 
 /// Why no request line came.
@@ -625,6 +653,7 @@ mod tests {
                     filter: None,
                 }),
                 patterns: vec![("ip".into(), "192\\.0\\.2\\..*".into())],
+                max: None,
             });
             tokio::task::spawn_blocking(move || client::request(&path, request))
                 .await

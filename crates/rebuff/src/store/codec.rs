@@ -8,9 +8,11 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
-use rebuff_engine::Time;
+use std::sync::Arc;
 
-use super::{Record, RestoredEntry};
+use rebuff_engine::{Key, Time};
+
+use super::{Record, RestoredEntry, Times};
 
 pub(super) const MAGIC: &[u8; 8] = b"RBFSTATE";
 pub(super) const FORMAT_VERSION: u32 = 1;
@@ -87,9 +89,7 @@ pub(super) fn encode(buf: &mut Vec<u8>, record: &Record<'_>) -> Result<(), Unenc
     put_str(buf, stream);
     put_str(buf, filter);
     buf.extend_from_slice(&count.to_le_bytes());
-    for value in values {
-        put_str(buf, value);
-    }
+    values.for_each(|value| put_str(buf, value));
     match *record {
         Record::Match { time, .. } | Record::Done { time, .. } => {
             buf.extend_from_slice(&time.to_le_bytes());
@@ -130,7 +130,12 @@ pub(super) fn live_size(entry: &RestoredEntry) -> u64 {
         + 4
         + entry.filter.len()
         + 2
-        + entry.values.iter().map(|v| 4 + v.len()).sum::<usize>();
+        + entry
+            .values
+            .parts()
+            .iter()
+            .map(|v| 4 + v.with_text(0, str::len).unwrap_or(0))
+            .sum::<usize>();
     let matched = FRAME_HEADER_LEN + key + 8;
     let triggered = matched + 1;
     (entry.matches.len() * matched + entry.triggers.len() * triggered) as u64
@@ -153,10 +158,15 @@ pub(super) fn replay(bytes: &[u8]) -> Replayed {
     // file: the encoding is deterministic and length-prefixed, so equal
     // keys have equal bytes, and a record costs no allocation unless it
     // introduces a key.
-    let mut index: HashMap<&[u8], usize> = HashMap::new();
+    // Sized for a compacted log of one-value entries (a frame is some 40
+    // bytes), so a large restore does not rehash again and again; keys
+    // come from the file, which rebuff wrote, hence the fast hasher.
+    let mut index: HashMap<&[u8], usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(bytes.len() / 64, Default::default());
     // `None` is a key forgotten after it was first seen: removing it from
     // the vector would shift every later index.
     let mut slots: Vec<Option<RestoredEntry>> = Vec::new();
+    let mut names = Names::default();
     let mut records = 0;
     let mut pos = 0;
     while let Some((frame, next)) = next_frame(bytes, pos) {
@@ -170,7 +180,7 @@ pub(super) fn replay(bytes: &[u8]) -> Replayed {
             Entry::Vacant(vacant) => {
                 // `decode` checked these bytes; `None` cannot happen, and
                 // would only end the replay like any undecodable frame.
-                let Some(entry) = owned_key(frame.key) else {
+                let Some(entry) = owned_key(frame.key, &mut names) else {
                     break;
                 };
                 vacant.insert(slots.len());
@@ -278,21 +288,41 @@ fn decode(payload: &[u8]) -> Option<Frame<'_>> {
     Some(Frame { key, op })
 }
 
+/// Stream and filter names met so far, shared by the entries.
+#[derive(Debug, Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        // Few names, and entries of one filter mostly in a row: the last
+        // ones are looked at first.
+        if let Some(found) = self.0.iter().rev().find(|n| ***n == *name) {
+            return found.clone();
+        }
+        let name: Arc<str> = name.into();
+        self.0.push(name.clone());
+        name
+    }
+}
+
 /// A new entry, with no matches or triggers yet, for an encoded key.
-fn owned_key(key: &[u8]) -> Option<RestoredEntry> {
+fn owned_key(key: &[u8], names: &mut Names) -> Option<RestoredEntry> {
     let mut r = Reader(key);
-    let stream = r.str()?.to_owned();
-    let filter = r.str()?.to_owned();
+    let stream = names.get(r.str()?);
+    let filter = names.get(r.str()?);
     let count = r.u16()?;
-    let values = (0..count)
-        .map(|_| r.str().map(str::to_owned))
-        .collect::<Option<_>>()?;
+    let values = if count == 1 {
+        Key::from_value(r.str()?)
+    } else {
+        let values = (0..count).map(|_| r.str()).collect::<Option<Vec<_>>>()?;
+        Key::from_values(&values)
+    };
     Some(RestoredEntry {
         stream,
         filter,
         values,
-        matches: Vec::new(),
-        triggers: Vec::new(),
+        matches: Times::new(),
+        triggers: Times::new(),
     })
 }
 

@@ -94,7 +94,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rebuff_engine::{Time, Values};
+use std::sync::Arc;
+
+use rebuff_engine::{Key, Time, Values};
+use smallvec::SmallVec;
 
 use lock::{DirLock, Hold, LOCK_WAIT};
 
@@ -110,6 +113,56 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// the disk is back, and the rate of error lines while it is not.
 const MAX_RETRY: Duration = Duration::from_secs(10);
 
+/// The values of a record: as text, or as the tracker's compact key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordValues<'a> {
+    Text(&'a [String]),
+    Key(&'a Key),
+}
+
+impl<'a> From<&'a [String]> for RecordValues<'a> {
+    fn from(values: &'a [String]) -> Self {
+        RecordValues::Text(values)
+    }
+}
+
+impl<'a> From<&'a Values> for RecordValues<'a> {
+    fn from(values: &'a Values) -> Self {
+        RecordValues::Text(values)
+    }
+}
+
+impl<'a> From<&'a Key> for RecordValues<'a> {
+    fn from(key: &'a Key) -> Self {
+        RecordValues::Key(key)
+    }
+}
+
+impl RecordValues<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            RecordValues::Text(values) => values.len(),
+            RecordValues::Key(key) => key.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `f` with each value's text, in order.
+    pub fn for_each(&self, mut f: impl FnMut(&str)) {
+        match self {
+            RecordValues::Text(values) => values.iter().for_each(|v| f(v)),
+            RecordValues::Key(key) => {
+                for part in key.parts() {
+                    part.with_text(0, &mut f);
+                }
+            }
+        }
+    }
+}
+
 /// A record as the tracker appends it (borrowed, so the hot path does not
 /// clone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +170,7 @@ pub enum Record<'a> {
     Match {
         stream: &'a str,
         filter: &'a str,
-        values: &'a [String],
+        values: RecordValues<'a>,
         time: Time,
     },
     /// `replace`: an `extend` duplicate; it replaces the key's pending
@@ -125,7 +178,7 @@ pub enum Record<'a> {
     Trigger {
         stream: &'a str,
         filter: &'a str,
-        values: &'a [String],
+        values: RecordValues<'a>,
         time: Time,
         replace: bool,
     },
@@ -134,14 +187,14 @@ pub enum Record<'a> {
     Done {
         stream: &'a str,
         filter: &'a str,
-        values: &'a [String],
+        values: RecordValues<'a>,
         time: Time,
     },
     /// A flush: everything about the key is forgotten.
     Forget {
         stream: &'a str,
         filter: &'a str,
-        values: &'a [String],
+        values: RecordValues<'a>,
     },
 }
 
@@ -149,14 +202,19 @@ pub enum Record<'a> {
 /// replaying it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoredEntry {
-    pub stream: String,
-    pub filter: String,
-    pub values: Values,
+    /// Shared by every entry of the stream (and of the filter): a million
+    /// entries do not make a million copies of the names.
+    pub stream: Arc<str>,
+    pub filter: Arc<str>,
+    pub values: Key,
     /// Match times, in the order they were appended.
-    pub matches: Vec<Time>,
+    pub matches: Times,
     /// Times of the triggers with delayed actions still pending.
-    pub triggers: Vec<Time>,
+    pub triggers: Times,
 }
+
+/// Times of one entry: usually one, kept inline.
+pub type Times = SmallVec<[Time; 1]>;
 
 /// The state replayed from the log at [`Store::open`].
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -820,7 +878,7 @@ mod tests {
         Record::Match {
             stream: "ssh",
             filter: "failed",
-            values,
+            values: values.into(),
             time,
         }
     }
@@ -829,7 +887,7 @@ mod tests {
         Record::Trigger {
             stream: "ssh",
             filter: "failed",
-            values,
+            values: values.into(),
             time,
             replace,
         }
@@ -839,7 +897,7 @@ mod tests {
         Record::Done {
             stream: "ssh",
             filter: "failed",
-            values,
+            values: values.into(),
             time,
         }
     }
@@ -848,7 +906,7 @@ mod tests {
         Record::Forget {
             stream: "ssh",
             filter: "failed",
-            values,
+            values: values.into(),
         }
     }
 
@@ -856,9 +914,9 @@ mod tests {
         RestoredEntry {
             stream: "ssh".into(),
             filter: "failed".into(),
-            values: values.into(),
-            matches: matches.to_vec(),
-            triggers: triggers.to_vec(),
+            values: Key::from_values(values),
+            matches: matches.into(),
+            triggers: triggers.into(),
         }
     }
 
@@ -886,7 +944,7 @@ mod tests {
         let other_filter = Record::Match {
             stream: "ssh",
             filter: "invalid",
-            values: &a,
+            values: a.as_slice().into(),
             time: 9,
         };
         let records = [
@@ -1198,7 +1256,7 @@ mod tests {
                 Record::Match {
                     stream: "",
                     filter: "фильтр",
-                    values: &none,
+                    values: none.as_slice().into(),
                     time: Time::MAX,
                 },
             ],
@@ -1208,11 +1266,11 @@ mod tests {
 
         let (_store, restored) = open(dir.path());
         let empty_key = RestoredEntry {
-            stream: String::new(),
+            stream: "".into(),
             filter: "фильтр".into(),
-            values: Values::default(),
-            matches: vec![Time::MAX],
-            triggers: vec![],
+            values: Key::from_values::<&str>(&[]),
+            matches: [Time::MAX].into(),
+            triggers: Times::new(),
         };
         assert_eq!(
             restored.entries,

@@ -594,6 +594,47 @@ fn show_prints_the_reaction_tree_in_yaml_and_json_and_selects() {
 }
 
 #[test]
+fn show_max_prints_the_first_entries_and_tells_how_many_were_left_out() {
+    let site = Site::new();
+    jail(&site, "1h");
+    let daemon = site.start();
+    site.log_lines(&[
+        failed_login("203.0.113.1"),
+        failed_login("203.0.113.2"),
+        failed_login("203.0.113.3"),
+    ]);
+    wait_until("three entries", || {
+        daemon.show(&[])["ssh"]["failed"]
+            .as_object()
+            .is_some_and(|o| o.len() == 3)
+    });
+    let cut = daemon.client("show", &["--max", "2"]);
+    assert!(cut.status.success(), "{cut:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&cut.stdout),
+        "ssh:\n  failed:\n    \"203.0.113.1\":\n      matches: 1\n    \"203.0.113.2\":\n      matches: 1\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cut.stderr),
+        "1 more entries left out by --max\n"
+    );
+    assert_eq!(
+        daemon.show(&["-n", "1", "-l", "ssh.failed", "ip=203.0.113.3"]),
+        serde_json::json!({"ssh": {"failed": {"203.0.113.3": {"matches": 1}}}})
+    );
+    // Nothing cut: nothing said.
+    let whole = daemon.client("show", &["--max", "3"]);
+    assert!(
+        whole.status.success() && whole.stderr.is_empty(),
+        "{whole:?}"
+    );
+    assert_eq!(daemon.show(&["-n", "0"]), serde_json::json!({}));
+    let bad = daemon.client("show", &["--max", "-1"]);
+    assert!(!bad.status.success());
+    daemon.stop();
+}
+
+#[test]
 fn trigger_bans_at_once_bypassing_retry_and_rejects_bad_values() {
     let site = Site::new();
     jail(&site, "1h");
