@@ -283,7 +283,6 @@ fn start(config: ExporterConfig) -> anyhow::Result<()> {
             config.reaction_config.display()
         )
     })?;
-    *probe.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     probe.lock().set_patterns(&patterns);
     check_socket(&config);
     let restored = state::restore(
