@@ -742,12 +742,166 @@ pub fn render(collector: &mut Collector, format: Format, scrape: &Scrape) -> Vec
     let mut e = Encoder::new(format, 16 * 1024 + series * 96);
     collector.render_exporter(&mut e, scrape);
     collector.render_own(&mut e, scrape);
+    if collector.config.export.internals {
+        render_process(&mut e);
+    }
     e.finish()
+}
+
+/// The process families prometheus-client adds with `internals: true`
+/// (rebuff has no Python runtime to describe, so no `python_*` ones).
+fn render_process(e: &mut Encoder) {
+    let p = crate::metrics::process::read();
+    let gauges: [(&str, &str, f64); 4] = [
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes as f64,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            p.resident_bytes as f64,
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            p.open_fds as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        e.family(name, Kind::Gauge, help);
+        e.sample_float(name, &[], value);
+    }
+    e.family(
+        "process_cpu_seconds_total",
+        Kind::Counter,
+        "Total user and system CPU time spent in seconds.",
+    );
+    e.sample_float("process_cpu_seconds_total", &[], p.cpu_seconds);
+    if let Some(max) = p.max_fds {
+        e.family(
+            "process_max_fds",
+            Kind::Gauge,
+            "Maximum number of open file descriptors.",
+        );
+        e.sample_float("process_max_fds", &[], max as f64);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use super::super::config::{self, LabelRule};
+    use super::super::parse;
+
+    fn collector(edit: impl FnOnce(&mut ExporterConfig)) -> Collector {
+        let mut config = config::from_defaults();
+        edit(&mut config);
+        let mut patterns = Patterns::new();
+        patterns.insert(
+            "ssh\0two".into(),
+            vec!["ip".to_owned(), "user".to_owned()].into(),
+        );
+        patterns.insert("ssh\0f".into(), vec!["ip".to_owned()].into());
+        Collector::new(Arc::new(config), &patterns)
+    }
+
+    fn feed(c: &mut Collector, lines: &[&str], time: i64) {
+        for line in lines {
+            c.event(parse::file_line(line.as_bytes()), time);
+        }
+    }
+
+    fn exposition(c: &mut Collector) -> String {
+        let scrape = Scrape {
+            version: "2.2.0".into(),
+            up: true,
+            ..Scrape::default()
+        };
+        String::from_utf8(render(c, Format::Prometheus, &scrape)).expect("utf-8")
+    }
+
+    #[test]
+    fn actions_within_hold_of_a_start_command_are_not_counted() {
+        let mut c = collector(|_| {});
+        feed(&mut c, &[r#"INFO start command: run ["true"]"#], 1_000);
+        feed(&mut c, &[r#"INFO ssh.f.ban: run ["x"]"#], 60_999);
+        feed(&mut c, &[r#"INFO ssh.f.ban: run ["x"]"#], 61_000);
+        let text = exposition(&mut c);
+        assert!(
+            text.contains(
+                "reaction_action_count{action=\"ban\",filter=\"f\",stream=\"ssh\"} 1.0\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(c.held, 1);
+    }
+
+    #[test]
+    fn a_dropped_pattern_leaves_out_its_own_label_and_templates_render() {
+        let mut c = collector(|config| {
+            config.all.insert("ip".into(), LabelRule::Drop);
+            config.all.insert(
+                "user".into(),
+                LabelRule::Template("{{ user | upper }}".into()),
+            );
+        });
+        feed(
+            &mut c,
+            &[
+                r#"INFO ssh.two: match ["1.2.3.4", "alice"]"#,
+                r#"INFO ssh.two.notify: run ["x"]"#,
+            ],
+            now_ms() + 1000,
+        );
+        let text = exposition(&mut c);
+        assert!(
+            text.contains(
+                "reaction_match_count{filter=\"two\",stream=\"ssh\",user=\"ALICE\"} 1.0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("reaction_action_count{action=\"notify\",filter=\"two\",stream=\"ssh\",user=\"ALICE\"} 1.0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_match_export_actions_have_no_pattern_labels_as_in_the_exporter() {
+        let mut c = collector(|config| config.export.matches.on = false);
+        feed(
+            &mut c,
+            &[
+                r#"INFO ssh.f: match ["1.2.3.4"]"#,
+                r#"INFO ssh.f.ban: run ["x"]"#,
+            ],
+            now_ms() + 1000,
+        );
+        let text = exposition(&mut c);
+        assert!(!text.contains("reaction_match_count{"), "{text}");
+        assert!(
+            text.contains(
+                "reaction_action_count{action=\"ban\",filter=\"f\",stream=\"ssh\"} 1.0\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn internals_add_the_process_families_only_when_asked() {
+        let mut c = collector(|_| {});
+        assert!(!exposition(&mut c).contains("process_resident_memory_bytes"));
+        let mut c = collector(|config| config.export.internals = true);
+        assert!(exposition(&mut c).contains("process_resident_memory_bytes "));
+    }
 
     #[test]
     fn counts_print_as_prometheus_client_prints_floats() {
