@@ -24,8 +24,9 @@ series=${SERIES:-100000}
 rounds=${ROUNDS:-5}
 work=$(mktemp -d)
 pids=""
-trap 'for p in $pids; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'for p in $pids; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 [ -x "$bin" ] || { echo "no rebuff binary at $bin (cargo build --release)" >&2; exit 1; }
+bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 
 mkdir -p "$work/bin" "$work/rb" "$work/py"
 cat > "$work/bin/reaction" <<'SH'

@@ -10,7 +10,11 @@
 //! it for a parse and a table update, a scrape for the render.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+
+/// Maps keyed by names, hashed fast (the keys come from reaction's
+/// configuration, not from attackers).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
@@ -40,33 +44,46 @@ pub enum Position {
 }
 
 /// A bounded table of series in insertion order; each series is its label
-/// values (a layout fixed by the family) and a count.
+/// values (a layout fixed by the family) and a count. A series' values are
+/// kept as one allocation (length-prefixed), so a table of 100,000
+/// addresses stays near 10 MB.
 #[derive(Debug, Default)]
 pub struct Table {
     hasher: foldhash::fast::FixedState,
     index: HashTable<u32>,
-    pub entries: Vec<(Box<[Box<str>]>, u64)>,
+    pub entries: Vec<(Box<[u8]>, u64)>,
     pub dropped: u64,
+    scratch: Vec<u8>,
 }
 
-fn hash_parts(hasher: &foldhash::fast::FixedState, parts: &[&str]) -> u64 {
-    let mut h = hasher.build_hasher();
-    parts.len().hash(&mut h);
-    for part in parts {
-        part.hash(&mut h);
+/// The values of a series key, in order.
+pub fn key_parts(key: &[u8]) -> Vec<&str> {
+    let mut out = Vec::with_capacity(6);
+    let mut rest = key;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some(part) = tail.get(..len) else {
+            break;
+        };
+        out.push(std::str::from_utf8(part).unwrap_or(""));
+        rest = &tail[len..];
     }
-    h.finish()
+    out
 }
 
 impl Table {
     /// Adds `n` to the series `parts`, creating it while under `max`.
     pub fn add(&mut self, parts: &[&str], n: u64, max: usize) {
-        let hash = hash_parts(&self.hasher, parts);
+        self.scratch.clear();
+        for part in parts {
+            self.scratch
+                .extend_from_slice(&(part.len() as u32).to_le_bytes());
+            self.scratch.extend_from_slice(part.as_bytes());
+        }
+        let key = &self.scratch[..];
+        let hash = self.hasher.hash_one(key);
         let entries = &self.entries;
-        if let Some(&at) = self.index.find(hash, |&i| {
-            let key = &entries[i as usize].0;
-            key.len() == parts.len() && key.iter().zip(parts).all(|(a, b)| &**a == *b)
-        }) {
+        if let Some(&at) = self.index.find(hash, |&i| &*entries[i as usize].0 == key) {
             self.entries[at as usize].1 += n;
             return;
         }
@@ -75,17 +92,14 @@ impl Table {
             return;
         }
         let at = self.entries.len() as u32;
-        self.entries
-            .push((parts.iter().map(|p| Box::from(*p)).collect(), n));
+        self.entries.push((Box::from(key), n));
         let (hasher, entries) = (&self.hasher, &self.entries);
-        self.index.insert_unique(hash, at, |&i| {
-            let key: Vec<&str> = entries[i as usize].0.iter().map(|p| &**p).collect();
-            hash_parts(hasher, &key)
-        });
+        self.index
+            .insert_unique(hash, at, |&i| hasher.hash_one(&*entries[i as usize].0));
     }
 
-    pub fn take(&mut self) -> Vec<(Box<[Box<str>]>, u64)> {
-        self.index.clear();
+    pub fn take(&mut self) -> Vec<(Box<[u8]>, u64)> {
+        self.index = HashTable::new();
         std::mem::take(&mut self.entries)
     }
 
@@ -104,6 +118,10 @@ impl Table {
 struct FilterRules {
     /// Sorted pattern names.
     names: Arc<[String]>,
+    /// The names whose label is kept (not dropped).
+    kept: Arc<[String]>,
+    /// Every rule is `Raw`: the values are the labels.
+    raw: bool,
     /// Per name: its rule, with the template's name in the environment.
     rules: Vec<Rule>,
 }
@@ -126,7 +144,7 @@ pub enum After {
 /// The last match of a filter: its kept label names and values.
 #[derive(Debug, Clone)]
 pub struct LastMatch {
-    pub names: Vec<String>,
+    pub names: Arc<[String]>,
     pub values: Vec<String>,
 }
 
@@ -135,7 +153,7 @@ pub struct LastMatch {
 pub struct Collector {
     config: Arc<ExporterConfig>,
     env: Environment<'static>,
-    filters: HashMap<String, FilterRules>,
+    filters: Map<String, FilterRules>,
     key: String,
     /// `[stream, filter, name1, value1, …]`.
     pub matches: Table,
@@ -145,7 +163,7 @@ pub struct Collector {
     pub commands: Vec<([String; 4], u64)>,
     pub streams: Vec<((String, StreamKind), u64)>,
     /// By `"stream\0filter"`.
-    pub last_match: HashMap<String, LastMatch>,
+    pub last_match: Map<String, LastMatch>,
     /// Milliseconds since the epoch, in the log's time.
     pub last_log: i64,
     pub wait_until: i64,
@@ -173,13 +191,13 @@ impl Collector {
         let mut collector = Collector {
             config,
             env: crate::metrics::labels::environment(),
-            filters: HashMap::new(),
+            filters: Map::default(),
             key: String::new(),
             matches: Table::default(),
             actions: Table::default(),
             commands: Vec::new(),
             streams: Vec::new(),
-            last_match: HashMap::new(),
+            last_match: Map::default(),
             last_log: now,
             wait_until: now,
             last_export: now,
@@ -198,7 +216,7 @@ impl Collector {
     /// Installs reaction's filters (at start, and after a start command).
     pub fn set_patterns(&mut self, patterns: &Patterns) {
         let mut env = crate::metrics::labels::environment();
-        let mut filters = HashMap::with_capacity(patterns.len());
+        let mut filters = Map::default();
         for (key, names) in patterns {
             let (stream, filter) = key.split_once('\0').unwrap_or((key, ""));
             let rules = self.config.rules(stream, filter);
@@ -216,11 +234,19 @@ impl Collector {
                         }
                     }
                 })
+                .collect::<Vec<Rule>>();
+            let kept: Vec<String> = names
+                .iter()
+                .zip(&rules)
+                .filter(|(_, r)| !matches!(r, Rule::Drop))
+                .map(|(n, _)| n.clone())
                 .collect();
             filters.insert(
                 key.clone(),
                 FilterRules {
                     names: names.clone(),
+                    kept: kept.into(),
+                    raw: rules.iter().all(|r| matches!(r, Rule::Raw)),
                     rules,
                 },
             );
@@ -270,7 +296,7 @@ impl Collector {
                 values,
             } => {
                 if export.matches.on {
-                    self.count_match(stream, filter, &values);
+                    self.count_match(stream, filter, values);
                 }
                 After::Nothing
             }
@@ -327,31 +353,34 @@ impl Collector {
 
     /// The kept (name, value) labels of a filter's values, rendered; `None`
     /// when the values do not fit the filter (or it is unknown).
-    fn labels(&mut self, stream: &str, filter: &str, values: &[String]) -> Option<LastMatch> {
+    fn labels(&mut self, stream: &str, filter: &str, values: Vec<String>) -> Option<LastMatch> {
         filter_key(&mut self.key, stream, filter);
         let rules = self.filters.get(&self.key)?;
         if rules.names.len() != values.len() {
             return None;
         }
-        let mut out = LastMatch {
-            names: Vec::with_capacity(values.len()),
-            values: Vec::with_capacity(values.len()),
-        };
+        if rules.raw {
+            return Some(LastMatch {
+                names: rules.names.clone(),
+                values,
+            });
+        }
+        let mut names = Vec::with_capacity(values.len());
+        let mut out = Vec::with_capacity(values.len());
+        let mut failed = false;
         for ((name, rule), value) in rules.names.iter().zip(&rules.rules).zip(values) {
             let rendered = match rule {
-                Rule::Raw => value.clone(),
+                Rule::Raw => value,
                 Rule::Drop => continue,
                 Rule::Template(id) => {
                     let result = self.env.get_template(id).and_then(|t| {
-                        t.render(std::collections::BTreeMap::from([(
-                            name.clone(),
-                            value.clone(),
-                        )]))
+                        t.render(std::collections::BTreeMap::from([(name.clone(), value)]))
                     });
                     match result {
                         Ok(text) => text,
                         Err(e) => {
                             self.template_errors += 1;
+                            failed = true;
                             if self.template_errors <= 10 {
                                 tracing::warn!(pattern = %name, error = %e, "a label template failed; the label is left out");
                             }
@@ -360,13 +389,20 @@ impl Collector {
                     }
                 }
             };
-            out.names.push(name.clone());
-            out.values.push(rendered);
+            names.push(name.clone());
+            out.push(rendered);
         }
-        Some(out)
+        Some(LastMatch {
+            names: if failed {
+                names.into()
+            } else {
+                rules.kept.clone()
+            },
+            values: out,
+        })
     }
 
-    fn count_match(&mut self, stream: &str, filter: &str, values: &[String]) {
+    fn count_match(&mut self, stream: &str, filter: &str, values: Vec<String>) {
         let Some(labels) = self.labels(stream, filter, values) else {
             self.unparsed[Unparsed::Pattern as usize] += 1;
             return;
@@ -416,14 +452,14 @@ impl Collector {
         let mut skipped = 0;
         let extra = self.config.export.pending.extra;
         for p in pending {
-            let Some(labels) = self.labels(&p.stream, &p.filter, &p.values) else {
+            let Some(labels) = self.labels(&p.stream, &p.filter, p.values.clone()) else {
                 skipped += 1;
                 continue;
             };
             let mut parts = vec![p.stream.clone(), p.filter.clone(), p.action.clone()];
             if extra {
-                for (name, value) in labels.names.into_iter().zip(labels.values) {
-                    parts.push(name);
+                for (name, value) in labels.names.iter().zip(labels.values) {
+                    parts.push(name.clone());
                     parts.push(value);
                 }
             }
@@ -504,8 +540,14 @@ impl Collector {
                 Kind::Gauge,
                 "Number of matches, labelled by stream and filter names, with pattern=match extra labels.",
             );
-            for (parts, n) in &matches {
-                series(e, "reaction_match_count", &["stream", "filter"], parts, *n);
+            for (key, n) in &matches {
+                series(
+                    e,
+                    "reaction_match_count",
+                    &["stream", "filter"],
+                    &key_parts(key),
+                    *n,
+                );
             }
         }
         let actions = self.actions.take();
@@ -515,12 +557,12 @@ impl Collector {
                 Kind::Gauge,
                 "Number of actions, labelled by stream, filter and action names, with pattern=match extra labels.",
             );
-            for (parts, n) in &actions {
+            for (key, n) in &actions {
                 series(
                     e,
                     "reaction_action_count",
                     &["stream", "filter", "action"],
-                    parts,
+                    &key_parts(key),
                     *n,
                 );
             }
@@ -533,7 +575,7 @@ impl Collector {
                 "Number of pending actions, labelled by stream, filter and action names, with pattern=match extra labels.",
             );
             for (parts, n) in &scrape.pending {
-                let parts: Vec<Box<str>> = parts.iter().map(|p| Box::from(p.as_str())).collect();
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
                 series(
                     e,
                     "reaction_pending_count",
@@ -660,6 +702,12 @@ pub struct Scrape {
 /// A count as prometheus-client 0.22 prints a float (`floatToGoString`):
 /// `3.0`, and Go's exponent form from 10^6 on (`1.234567e+06`).
 pub fn go_float(n: u64) -> String {
+    if n < 1_000_000 {
+        let mut out = String::with_capacity(10);
+        out.push_str(itoa::Buffer::new().format(n));
+        out.push_str(".0");
+        return out;
+    }
     let value = n as f64;
     // Python's repr: shortest round-trip, `.0` on whole numbers below
     // 1e16, exponent form from there.
@@ -725,13 +773,13 @@ fn sample(e: &mut Encoder, family: &str, labels: &[(&str, &str)], n: u64) {
 
 /// A table's series: `fixed` label names for its first values, then
 /// name/value pairs.
-fn series(e: &mut Encoder, family: &str, fixed: &[&str], parts: &[Box<str>], n: u64) {
+fn series(e: &mut Encoder, family: &str, fixed: &[&str], parts: &[&str], n: u64) {
     let mut labels: Vec<(&str, &str)> = Vec::with_capacity(parts.len());
     for (name, value) in fixed.iter().zip(parts) {
         labels.push((name, value));
     }
     for pair in parts.get(fixed.len()..).unwrap_or(&[]).chunks_exact(2) {
-        labels.push((&pair[0], &pair[1]));
+        labels.push((pair[0], pair[1]));
     }
     sample(e, family, &labels, n);
 }
@@ -931,7 +979,7 @@ mod tests {
         t.add(&["s", "f", "ip", "c"], 5, 2);
         assert_eq!(t.dropped, 5);
         let taken = t.take();
-        let seen: Vec<(&str, u64)> = taken.iter().map(|(k, n)| (&*k[3], *n)).collect();
+        let seen: Vec<(&str, u64)> = taken.iter().map(|(k, n)| (key_parts(k)[3], *n)).collect();
         assert_eq!(seen, vec![("b", 3), ("a", 1)]);
         assert!(t.is_empty());
         t.add(&["s", "f", "ip", "b"], 1, 2);

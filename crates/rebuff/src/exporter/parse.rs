@@ -229,26 +229,42 @@ pub fn message(message: &str) -> Result<Event<'_>, Unparsed> {
         return Err(Unparsed::Unmatched);
     }
     let re = &*REGEXES;
-    if let Some(c) = re.event.captures(message) {
-        let group = |i| c.get(i).map_or("", |m| m.as_str());
-        let stream = py_strip(group(2));
-        let filter = py_strip(group(3));
-        let params = group(6);
-        return if group(5) == "run" {
+    let event = if message.contains('\n') {
+        re.event.captures(message).map(|c| {
+            let group = |i| c.get(i).map_or("", |m| m.as_str());
+            EventParts {
+                stream: group(2),
+                filter: group(3),
+                action: group(4),
+                run: group(5) == "run",
+                params: group(6),
+            }
+        })
+    } else {
+        event_parts(message)
+    };
+    if let Some(parts) = event {
+        let stream = py_strip(parts.stream);
+        let filter = py_strip(parts.filter);
+        return if parts.run {
             Ok(Event::Action {
                 stream,
                 filter,
-                action: group(4),
+                action: parts.action,
             })
         } else {
             let values =
-                serde_json::from_str::<Vec<String>>(params).map_err(|_| Unparsed::Values)?;
+                serde_json::from_str::<Vec<String>>(parts.params).map_err(|_| Unparsed::Values)?;
             Ok(Event::Match {
                 stream,
                 filter,
                 values,
             })
         };
+    }
+    // Both need this word; most lines lack it, so skip the regex then.
+    if !message.contains("command:") {
+        return stream_or_exit(message);
     }
     if let Some(c) = re.command.captures(message) {
         let ok = &c[1] == "INFO";
@@ -271,6 +287,12 @@ pub fn message(message: &str) -> Result<Event<'_>, Unparsed> {
             code,
         });
     }
+    stream_or_exit(message)
+}
+
+/// The stream-event and exit shapes, in the exporter's order.
+fn stream_or_exit(message: &str) -> Result<Event<'_>, Unparsed> {
+    let re = &*REGEXES;
     let stream_event = |regex: &Regex, kind| {
         regex.captures(message).map(|c| Event::Stream {
             stream: c.get(1).map_or("", |m| m.as_str()),
@@ -289,6 +311,122 @@ pub fn message(message: &str) -> Result<Event<'_>, Unparsed> {
         return Ok(Event::Exit);
     }
     Err(Unparsed::Unmatched)
+}
+
+/// The groups of the exporter's match/run regex.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EventParts<'a> {
+    stream: &'a str,
+    filter: &'a str,
+    /// Empty without an action.
+    action: &'a str,
+    run: bool,
+    params: &'a str,
+}
+
+/// The one Python whitespace character at the start of `s`, if any: its
+/// length in bytes.
+fn py_space_at(s: &str) -> Option<usize> {
+    let c = s.chars().next()?;
+    py_space(c).then(|| c.len_utf8())
+}
+
+/// The exporter's match/run regex on a line without `\n`, without the
+/// regex engine: the same groups the backtracking search finds.
+///
+/// The regex is `(INFO|ERROR)\s(.+?)\.(.+?)(?:\.(.+?))?:\s(match|run)\s(\[.+?\])`.
+/// Call a position where `:\s(match|run)\s\[.+?\]` matches a *tail*. The
+/// search tries stream ends (a `.` after at least one character) in
+/// order, then filter ends in order, at each the action branch (a `.`,
+/// then the first tail at least one character later) before the plain
+/// tail. So: the stream ends at the first `.` at index 1 or more; a match
+/// exists iff some tail starts at least two bytes after it; the filter ends
+/// at the first position from there that is a tail, or a `.` with a tail
+/// at least two bytes later. The property test below checks this against
+/// the regex.
+fn event_parts(message: &str) -> Option<EventParts<'_>> {
+    let level = if message.starts_with("INFO") {
+        4
+    } else if message.starts_with("ERROR") {
+        5
+    } else {
+        return None;
+    };
+    let space = py_space_at(&message[level..])?;
+    let rest = &message[level + space..];
+    let bytes = rest.as_bytes();
+    // Tails, in order: (start, kind is run, params).
+    let mut tails: Vec<(usize, bool, &str)> = Vec::new();
+    for at in memchr::memchr_iter(b':', bytes) {
+        let after = &rest[at + 1..];
+        let Some(w1) = py_space_at(after) else {
+            continue;
+        };
+        let after = &after[w1..];
+        let (run, word) = if after.starts_with("match") {
+            (false, 5)
+        } else if after.starts_with("run") {
+            (true, 3)
+        } else {
+            continue;
+        };
+        let after = &after[word..];
+        let Some(w2) = py_space_at(after) else {
+            continue;
+        };
+        let after = &after[w2..];
+        if !after.starts_with('[') {
+            continue;
+        }
+        // `\[.+?\]`: one character, then up to the first `]`.
+        let Some(first) = after[1..].chars().next() else {
+            continue;
+        };
+        let from = 1 + first.len_utf8();
+        let Some(close) = after[from..].find(']') else {
+            continue;
+        };
+        tails.push((at, run, &after[..from + close + 1]));
+    }
+    let last_tail = tails.last()?.0;
+    let s1 = 1 + memchr::memchr(b'.', &bytes[1..])?;
+    if last_tail < s1 + 2 {
+        return None;
+    }
+    let first_tail_from = |from: usize| tails.iter().find(|t| t.0 >= from);
+    let mut f1 = s1 + 2;
+    loop {
+        // The action branch first, then the plain tail, at each f1.
+        if bytes.get(f1) == Some(&b'.')
+            && let Some(&(a1, run, params)) = first_tail_from(f1 + 2)
+        {
+            return Some(EventParts {
+                stream: &rest[..s1],
+                filter: &rest[s1 + 1..f1],
+                action: &rest[f1 + 1..a1],
+                run,
+                params,
+            });
+        }
+        if let Some(&(_, run, params)) = tails.iter().find(|t| t.0 == f1) {
+            return Some(EventParts {
+                stream: &rest[..s1],
+                filter: &rest[s1 + 1..f1],
+                action: "",
+                run,
+                params,
+            });
+        }
+        // On to the next candidate: a `.` or a tail start.
+        let next_dot = memchr::memchr(b'.', bytes.get(f1 + 1..)?).map(|i| f1 + 1 + i);
+        let next_tail = tails.iter().find(|t| t.0 > f1).map(|t| t.0);
+        f1 = match (next_dot, next_tail) {
+            (Some(d), Some(t)) => d.min(t),
+            (Some(d), None) => d,
+            (None, Some(t)) => t,
+            (None, None) => return None,
+        };
+    }
 }
 
 /// `str(int(digits))`: leading zeros dropped. Only ASCII digits are read
@@ -686,7 +824,48 @@ mod tests {
         assert_eq!(first_of_list(r#"["\q"]"#).as_deref(), Some("\\q"));
     }
 
+    /// The regex's groups, for comparison with [`event_parts`].
+    fn by_regex(message: &str) -> Option<EventParts<'_>> {
+        REGEXES.event.captures(message).map(|c| {
+            let group = |i| c.get(i).map_or("", |m| m.as_str());
+            EventParts {
+                stream: group(2),
+                filter: group(3),
+                action: group(4),
+                run: group(5) == "run",
+                params: group(6),
+            }
+        })
+    }
+
+    #[test]
+    fn the_event_fast_path_finds_the_regexs_groups() {
+        for line in [
+            r#"INFO ssh.failedlogin: match ["203.0.113.7"]"#,
+            r#"ERROR ssh.f.ban: run ["false"]: exit code: 1"#,
+            r#"INFO s.f.g.h: match ["x"]"#,
+            r#"INFO .s.f: match ["x"]"#,
+            r#"INFO s..f: match ["x"]"#,
+            r#"INFO s.f.: match ["x"]"#,
+            r#"INFO s.f: match []]"#,
+            r#"INFO s.f: match [] trailing"#,
+            r#"INFO a: run [x] b.c: match ["y"]"#,
+            r#"INFO a.b: run [x]. c: match ["y"]"#,
+            "INFO\u{2003}s.f:\u{1c}match\u{a0}[\"é\"]",
+            r#"INFO start command: run ["a.b"]"#,
+        ] {
+            assert_eq!(event_parts(line), by_regex(line), "{line}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn the_event_fast_path_agrees_with_the_regex(
+            line in r#"(INFO|ERROR)[ \u{1c}\u{a0}][a-z.: \[\]"]{0,12}(: (match|run) \[[a-z.:\]\[]{0,6}\]?)?[a-z.: \[\]]{0,12}"#,
+        ) {
+            proptest::prop_assert_eq!(event_parts(&line), by_regex(&line));
+        }
+
         #[test]
         fn no_input_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let _ = file_line(&bytes);

@@ -43,10 +43,13 @@ struct Saved {
 
 /// The collector's state as the bytes of the file.
 pub fn snapshot(c: &Collector, source: &str) -> Vec<u8> {
-    let table = |entries: &[(Box<[Box<str>]>, u64)]| {
+    let table = |entries: &[(Box<[u8]>, u64)]| {
         entries
             .iter()
-            .map(|(k, n)| (k.iter().map(|s| s.to_string()).collect(), *n))
+            .map(|(k, n)| {
+                let parts = super::collect::key_parts(k);
+                (parts.into_iter().map(str::to_owned).collect(), *n)
+            })
             .collect()
     };
     let saved = Saved {
@@ -68,7 +71,7 @@ pub fn snapshot(c: &Collector, source: &str) -> Vec<u8> {
         last_match: c
             .last_match
             .iter()
-            .map(|(k, m)| (k.clone(), m.names.clone(), m.values.clone()))
+            .map(|(k, m)| (k.clone(), m.names.to_vec(), m.values.clone()))
             .collect(),
     };
     serde_json::to_vec(&saved).unwrap_or_default()
@@ -135,7 +138,13 @@ pub fn restore(c: &mut Collector, path: &Path, source: &str, now: i64) -> Restor
         }
     }
     for (key, names, values) in saved.last_match {
-        c.last_match.insert(key, LastMatch { names, values });
+        c.last_match.insert(
+            key,
+            LastMatch {
+                names: names.into(),
+                values,
+            },
+        );
     }
     let counts = recall(saved.last_export);
     if counts {
