@@ -176,6 +176,15 @@ pub struct Collector {
     pub small_dropped: u64,
     pub template_errors: u64,
     pub pending_skipped: u64,
+    /// rebuff's cumulative counters of what the log says, under the
+    /// daemon's family names so that the dashboards' panels built on them
+    /// work here too: matches `[stream, filter]`, actions `[stream,
+    /// filter, action, result]`, stream events `[stream, type]`, start and
+    /// stop commands by kind and result.
+    pub native_matches: Table,
+    pub native: Table,
+    pub native_streams: Table,
+    pub native_commands: [[u64; 2]; 2],
 }
 
 /// Milliseconds since the epoch now.
@@ -208,6 +217,10 @@ impl Collector {
             small_dropped: 0,
             template_errors: 0,
             pending_skipped: 0,
+            native_matches: Table::default(),
+            native: Table::default(),
+            native_streams: Table::default(),
+            native_commands: [[0; 2]; 2],
         };
         collector.set_patterns(patterns);
         collector
@@ -280,7 +293,11 @@ impl Collector {
                 stream,
                 filter,
                 action,
+                ok,
             } => {
+                let result = if ok { "ok" } else { "failed" };
+                self.native
+                    .add(&[stream, filter, action, result], 1, MAX_SMALL_SERIES);
                 if time < self.wait_until {
                     self.held += 1;
                     return After::Nothing;
@@ -309,6 +326,7 @@ impl Collector {
                 if start {
                     self.wait_until = time.saturating_add(self.config.hold.saturating_mul(1000));
                 }
+                self.native_commands[usize::from(!start)][usize::from(!ok)] += 1;
                 if export.commands {
                     let key = [
                         if start { "start" } else { "stop" }.to_owned(),
@@ -332,6 +350,8 @@ impl Collector {
                 }
             }
             Event::Stream { stream, kind } => {
+                self.native_streams
+                    .add(&[stream, kind.name()], 1, MAX_SMALL_SERIES);
                 if export.streams {
                     let len = self.streams.len();
                     match self
@@ -407,6 +427,8 @@ impl Collector {
             self.unparsed[Unparsed::Pattern as usize] += 1;
             return;
         };
+        self.native_matches
+            .add(&[stream, filter], 1, MAX_SMALL_SERIES);
         let max = self.config.max_series;
         {
             let mut parts: Vec<&str> = Vec::with_capacity(2 + 2 * labels.names.len());
@@ -540,15 +562,12 @@ impl Collector {
                 Kind::Gauge,
                 "Number of matches, labelled by stream and filter names, with pattern=match extra labels.",
             );
-            for (key, n) in &matches {
-                series(
-                    e,
-                    "reaction_match_count",
-                    &["stream", "filter"],
-                    &key_parts(key),
-                    *n,
-                );
-            }
+            series_all(
+                e,
+                "reaction_match_count",
+                &["stream", "filter"],
+                matches.iter().map(|(key, n)| (key_parts(key), *n)),
+            );
         }
         let actions = self.actions.take();
         if !actions.is_empty() {
@@ -557,15 +576,12 @@ impl Collector {
                 Kind::Gauge,
                 "Number of actions, labelled by stream, filter and action names, with pattern=match extra labels.",
             );
-            for (key, n) in &actions {
-                series(
-                    e,
-                    "reaction_action_count",
-                    &["stream", "filter", "action"],
-                    &key_parts(key),
-                    *n,
-                );
-            }
+            series_all(
+                e,
+                "reaction_action_count",
+                &["stream", "filter", "action"],
+                actions.iter().map(|(key, n)| (key_parts(key), *n)),
+            );
         }
         self.last_match.clear();
         if self.config.export.pending.on {
@@ -574,16 +590,15 @@ impl Collector {
                 Kind::Gauge,
                 "Number of pending actions, labelled by stream, filter and action names, with pattern=match extra labels.",
             );
-            for (parts, n) in &scrape.pending {
-                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-                series(
-                    e,
-                    "reaction_pending_count",
-                    &["stream", "filter", "action"],
-                    &parts,
-                    *n,
-                );
-            }
+            series_all(
+                e,
+                "reaction_pending_count",
+                &["stream", "filter", "action"],
+                scrape
+                    .pending
+                    .iter()
+                    .map(|(parts, n)| (parts.iter().map(String::as_str).collect(), *n)),
+            );
         }
     }
 
@@ -599,6 +614,67 @@ impl Collector {
             &[("version", env!("CARGO_PKG_VERSION"))],
             1,
         );
+        e.family(
+            "rebuff_matches_total",
+            Kind::Counter,
+            "Match lines of reaction's log per filter (those that fit the filter's patterns).",
+        );
+        for (key, n) in &self.native_matches.entries {
+            let p = key_parts(key);
+            if let [stream, filter] = p[..] {
+                e.sample(
+                    "rebuff_matches_total",
+                    &[("stream", stream), ("filter", filter)],
+                    *n,
+                );
+            }
+        }
+        e.family(
+            "rebuff_actions_total",
+            Kind::Counter,
+            "Action lines of reaction's log (`run`), by result: ok (INFO) or failed (ERROR).",
+        );
+        for (key, n) in &self.native.entries {
+            let p = key_parts(key);
+            if let [stream, filter, action, result] = p[..] {
+                let labels = [
+                    ("stream", stream),
+                    ("filter", filter),
+                    ("action", action),
+                    ("result", result),
+                ];
+                e.sample("rebuff_actions_total", &labels, *n);
+            }
+        }
+        e.family(
+            "rebuff_stream_events_total",
+            Kind::Counter,
+            "Stream starts, exits, exec and read failures, stop timeouts, from reaction's log.",
+        );
+        for (key, n) in &self.native_streams.entries {
+            let p = key_parts(key);
+            if let [stream, kind] = p[..] {
+                e.sample(
+                    "rebuff_stream_events_total",
+                    &[("stream", stream), ("type", kind)],
+                    *n,
+                );
+            }
+        }
+        e.family(
+            "rebuff_commands_total",
+            Kind::Counter,
+            "Start and stop commands of reaction's log, by result.",
+        );
+        for (k, kind) in ["start", "stop"].iter().enumerate() {
+            for (r, result) in ["ok", "failed"].iter().enumerate() {
+                e.sample(
+                    "rebuff_commands_total",
+                    &[("kind", kind), ("result", result)],
+                    self.native_commands[k][r],
+                );
+            }
+        }
         e.family(
             "rebuff_exporter_lines_total",
             Kind::Counter,
@@ -641,7 +717,10 @@ impl Collector {
         e.sample(
             "rebuff_exporter_series_dropped_total",
             &[("family", "other")],
-            self.small_dropped,
+            self.small_dropped
+                + self.native.dropped
+                + self.native_matches.dropped
+                + self.native_streams.dropped,
         );
         e.family(
             "rebuff_exporter_label_template_errors_total",
@@ -754,34 +833,70 @@ fn label_name(name: &str) -> std::borrow::Cow<'_, str> {
 /// One sample: labels as a dict (a later name replaces an earlier one),
 /// written sorted by name, value as a Python float.
 fn sample(e: &mut Encoder, family: &str, labels: &[(&str, &str)], n: u64) {
-    let mut sorted: Vec<(&str, &str)> = Vec::with_capacity(labels.len());
-    for &(name, value) in labels {
-        match sorted.iter_mut().find(|(k, _)| *k == name) {
-            Some(slot) => slot.1 = value,
-            None => sorted.push((name, value)),
-        }
-    }
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    let names: Vec<std::borrow::Cow<'_, str>> = sorted.iter().map(|(k, _)| label_name(k)).collect();
-    let labels: Vec<(&str, &str)> = names
-        .iter()
-        .zip(&sorted)
-        .map(|(k, (_, v))| (&**k, *v))
-        .collect();
-    e.sample_text(family, &labels, &go_float(n));
+    let mut buf = Vec::with_capacity(labels.len());
+    buf.extend_from_slice(labels);
+    sample_in(e, family, &mut buf, n);
 }
 
-/// A table's series: `fixed` label names for its first values, then
-/// name/value pairs.
-fn series(e: &mut Encoder, family: &str, fixed: &[&str], parts: &[&str], n: u64) {
-    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(parts.len());
-    for (name, value) in fixed.iter().zip(parts) {
-        labels.push((name, value));
+/// [`sample`] on a reusable vector (emptied here).
+fn sample_in<'a>(e: &mut Encoder, family: &str, labels: &mut Vec<(&'a str, &'a str)>, n: u64) {
+    // A later duplicate name wins, as in a Python dict built from pairs.
+    let mut i = 0;
+    while i < labels.len() {
+        if let Some(later) = labels[i + 1..].iter().position(|l| l.0 == labels[i].0) {
+            labels[i].1 = labels[i + 1 + later].1;
+            labels.remove(i + 1 + later);
+        } else {
+            i += 1;
+        }
     }
-    for pair in parts.get(fixed.len()..).unwrap_or(&[]).chunks_exact(2) {
-        labels.push((pair[0], pair[1]));
+    labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut digits = itoa::Buffer::new();
+    let float;
+    let value = if n < 1_000_000 {
+        let text = digits.format(n);
+        float = [text, ".0"].concat();
+        float.as_str()
+    } else {
+        float = go_float(n);
+        float.as_str()
+    };
+    if labels
+        .iter()
+        .all(|(k, _)| matches!(label_name(k), std::borrow::Cow::Borrowed(_)))
+    {
+        e.sample_text(family, labels, value);
+    } else {
+        let names: Vec<std::borrow::Cow<'_, str>> =
+            labels.iter().map(|(k, _)| label_name(k)).collect();
+        let quoted: Vec<(&str, &str)> = names
+            .iter()
+            .zip(labels.iter())
+            .map(|(k, (_, v))| (&**k, *v))
+            .collect();
+        e.sample_text(family, &quoted, value);
     }
-    sample(e, family, &labels, n);
+    labels.clear();
+}
+
+/// A family's series: `fixed` label names for the first values of each,
+/// then name/value pairs.
+fn series_all<'a>(
+    e: &mut Encoder,
+    family: &str,
+    fixed: &[&'static str],
+    all: impl Iterator<Item = (Vec<&'a str>, u64)>,
+) {
+    let mut labels: Vec<(&'a str, &'a str)> = Vec::with_capacity(8);
+    for (parts, n) in all {
+        for (name, value) in fixed.iter().zip(&parts) {
+            labels.push((name, value));
+        }
+        for pair in parts.get(fixed.len()..).unwrap_or(&[]).chunks_exact(2) {
+            labels.push((pair[0], pair[1]));
+        }
+        sample_in(e, family, &mut labels, n);
+    }
 }
 
 /// The whole exposition of one scrape.
@@ -890,6 +1005,17 @@ mod tests {
             "{text}"
         );
         assert_eq!(c.held, 1);
+        // rebuff's own counter has every action line, held or not.
+        assert!(
+            text.contains(
+                "rebuff_actions_total{stream=\"ssh\",filter=\"f\",action=\"ban\",result=\"ok\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("rebuff_commands_total{kind=\"start\",result=\"ok\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub enum Event<'a> {
         filter: &'a str,
         values: Vec<String>,
     },
-    /// `INFO|ERROR s.f.a: run [...]` (counted the same either way).
+    /// `INFO|ERROR s.f.a: run [...]` (counted the same either way by
+    /// the exporter; `ok` is false on ERROR, for rebuff's own counter).
     Action {
         stream: &'a str,
         filter: &'a str,
         action: &'a str,
+        ok: bool,
     },
     /// `INFO|ERROR start|stop command: run [...]`.
     Command {
@@ -251,6 +253,7 @@ pub fn message(message: &str) -> Result<Event<'_>, Unparsed> {
                 stream,
                 filter,
                 action: parts.action,
+                ok: message.starts_with("INFO"),
             })
         } else {
             let values =
@@ -693,13 +696,14 @@ mod tests {
     fn action_lines_count_alike_whatever_their_level() {
         let ok = m(r#"INFO ssh.failedlogin.ban: run ["echo" "ban" "203.0.113.7"]"#);
         let failed = m(r#"ERROR ssh.failedlogin.ban: run ["false"]: exit code: 1"#);
-        let expected = Event::Action {
+        let expected = |ok| Event::Action {
             stream: "ssh",
             filter: "failedlogin",
             action: "ban",
+            ok,
         };
-        assert_eq!(ok, Ok(expected.clone()));
-        assert_eq!(failed, Ok(expected));
+        assert_eq!(ok, Ok(expected(true)));
+        assert_eq!(failed, Ok(expected(false)));
     }
 
     #[test]
