@@ -181,4 +181,15 @@ import statistics, sys
 t = [float(x) for x in sys.argv[1:]]
 print(f'scrape of $series series: median {statistics.median(t) * 1000:.1f} ms (rounds: {\" \".join(f\"{x*1000:.1f}\" for x in t)}), body {__import__(\"os\").path.getsize(\"$work/scrape.txt\")} bytes')
 " $times
+empty=""
+r=0
+while [ $r -lt "$rounds" ]; do
+    empty="$empty $(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/metrics")"
+    r=$((r + 1))
+done
+python3 -c "
+import statistics, sys
+t = [float(x) for x in sys.argv[1:]]
+print(f'scrape with no series (the reaction calls alone): median {statistics.median(t) * 1000:.1f} ms')
+" $empty
 echo "rebuff peak RSS after the scrapes: $(hwm "$rb") KiB"

@@ -493,31 +493,13 @@ impl Collector {
     /// Writes the exporter's families and empties the "since the previous
     /// scrape" ones.
     pub fn render_exporter(&mut self, e: &mut Encoder, scrape: &Scrape) {
-        e.family(
-            "reaction_exporter_build_info",
-            Kind::Gauge,
-            "A metric with a constant '1' value labelled by version of reaction_metrics_exporter.",
-        );
-        sample(
-            e,
-            "reaction_exporter_build_info",
-            &[("version", EXPORTER_VERSION)],
-            1,
-        );
-        e.family(
-            "reaction_status_info",
-            Kind::Gauge,
-            "A metric with a constant '1' value labelled by version of reaction and its status.",
-        );
-        sample(
-            e,
-            "reaction_status_info",
-            &[
-                ("version", scrape.version.as_str()),
-                ("status", if scrape.up { "1" } else { "0" }),
-            ],
-            1,
-        );
+        render_head(e, scrape);
+        self.render_deltas(e);
+        self.render_pending(e, scrape);
+    }
+
+    /// The "since the previous scrape" families, emptied.
+    pub fn render_deltas(&mut self, e: &mut Encoder) {
         let commands = std::mem::take(&mut self.commands);
         if !commands.is_empty() {
             e.family(
@@ -584,6 +566,10 @@ impl Collector {
             );
         }
         self.last_match.clear();
+    }
+
+    /// `reaction_pending_count`, from the scrape's `show` answer.
+    pub fn render_pending(&self, e: &mut Encoder, scrape: &Scrape) {
         if self.config.export.pending.on {
             e.family(
                 "reaction_pending_count",
@@ -767,6 +753,35 @@ impl Collector {
     }
 }
 
+/// `reaction_exporter_build_info` and `reaction_status_info`.
+pub fn render_head(e: &mut Encoder, scrape: &Scrape) {
+    e.family(
+        "reaction_exporter_build_info",
+        Kind::Gauge,
+        "A metric with a constant '1' value labelled by version of reaction_metrics_exporter.",
+    );
+    sample(
+        e,
+        "reaction_exporter_build_info",
+        &[("version", EXPORTER_VERSION)],
+        1,
+    );
+    e.family(
+        "reaction_status_info",
+        Kind::Gauge,
+        "A metric with a constant '1' value labelled by version of reaction and its status.",
+    );
+    sample(
+        e,
+        "reaction_status_info",
+        &[
+            ("version", scrape.version.as_str()),
+            ("status", if scrape.up { "1" } else { "0" }),
+        ],
+        1,
+    );
+}
+
 /// What a scrape learnt from reaction before rendering.
 #[derive(Debug, Default)]
 pub struct Scrape {
@@ -913,7 +928,7 @@ pub fn render(collector: &mut Collector, format: Format, scrape: &Scrape) -> Vec
 
 /// The process families prometheus-client adds with `internals: true`
 /// (rebuff has no Python runtime to describe, so no `python_*` ones).
-fn render_process(e: &mut Encoder) {
+pub fn render_process(e: &mut Encoder) {
     let p = crate::metrics::process::read();
     let gauges: [(&str, &str, f64); 4] = [
         (

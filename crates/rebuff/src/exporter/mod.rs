@@ -83,6 +83,8 @@ pub struct Shared {
     last_reload: Mutex<Option<Instant>>,
     /// The last `show` answer and when it came.
     last_show: Mutex<Option<(Instant, Vec<Pending>)>>,
+    /// The last `-V` answer and when it came.
+    version: Mutex<Option<(Instant, String)>>,
     /// The running journalctl, to stop it at shutdown.
     child: AtomicU32,
     dirty: AtomicBool,
@@ -140,6 +142,8 @@ impl Shared {
     /// Re-reads reaction's configuration after a start command (at most
     /// once per cooldown), before the next line is read.
     fn reload_patterns(&self) {
+        // reaction restarted: it may be another version now.
+        *self.version.lock().unwrap_or_else(|e| e.into_inner()) = None;
         {
             let mut last = self.last_reload.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < RELOAD_COOLDOWN) {
@@ -267,6 +271,7 @@ fn start(config: ExporterConfig) -> anyhow::Result<()> {
         shutdown: CancellationToken::new(),
         last_reload: Mutex::new(None),
         last_show: Mutex::new(None),
+        version: Mutex::new(None),
         child: AtomicU32::new(0),
         dirty: AtomicBool::new(false),
         source_name,
@@ -339,7 +344,7 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     let endpoint = Endpoint {
         render: Arc::new(move |format| {
             let shared = render_shared.clone();
-            Box::pin(async move { Ok(scrape(&shared, format).await) })
+            Box::pin(async move { Ok(scrape(shared, format).await) })
         }),
         ready,
         web,
@@ -388,23 +393,75 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One scrape: ask reaction (in parallel, under the timeout), then render
-/// and empty the counts.
-async fn scrape(shared: &Shared, format: Format) -> Vec<u8> {
-    let timeout = shared.config.timeout;
-    let socket = shared.config.socket.as_os_str();
-    let version_args = [OsStr::new("-V")];
-    let show_args = [OsStr::new("show"), OsStr::new("--socket"), socket];
-    let (version, show) = tokio::join!(
-        reaction::call(&shared.calls, 0, &version_args, timeout),
-        reaction::call(&shared.calls, 1, &show_args, timeout),
-    );
-    let version = match version {
-        Ok(out) => reaction::version_label(&out),
+/// How long a `reaction -V` answer is reused; a start command in the log
+/// (reaction restarted, perhaps upgraded) forgets it at once.
+const VERSION_TTL: Duration = Duration::from_secs(60);
+
+/// The version label: cached, or from `reaction -V`.
+async fn version(shared: &Shared) -> String {
+    if let Some((when, version)) = &*shared.version.lock().unwrap_or_else(|e| e.into_inner())
+        && when.elapsed() < VERSION_TTL
+    {
+        return version.clone();
+    }
+    let args = [OsStr::new("-V")];
+    match reaction::call(&shared.calls, 0, &args, shared.config.timeout).await {
+        Ok(out) => {
+            let version = reaction::version_label(&out);
+            *shared.version.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((Instant::now(), version.clone()));
+            version
+        }
         Err(e) => {
             tracing::warn!(error = %e, "exported N/A for reaction's version");
             "N/A".to_owned()
         }
+    }
+}
+
+/// One scrape: ask reaction (in parallel, under the timeout) while the
+/// "since the previous scrape" families are rendered and emptied, then
+/// write the whole exposition.
+async fn scrape(shared: Arc<Shared>, format: Format) -> Vec<u8> {
+    let timeout = shared.config.timeout;
+    let asked = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let socket = shared.config.socket.clone();
+            let show_args = [
+                OsStr::new("show"),
+                OsStr::new("--socket"),
+                socket.as_os_str(),
+            ];
+            tokio::join!(
+                version(&shared),
+                reaction::call(&shared.calls, 1, &show_args, timeout),
+            )
+        })
+    };
+    // The delta families are gauges, written alike in both formats.
+    let deltas = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = shared.lock();
+            let series = c.matches.len() + c.actions.len();
+            let mut e =
+                crate::metrics::encode::Encoder::new(Format::Prometheus, 4096 + series * 96);
+            c.render_deltas(&mut e);
+            c.last_export = collect::now_ms();
+            e.finish()
+        })
+    };
+    let deltas = String::from_utf8(deltas.await.unwrap_or_default()).unwrap_or_default();
+    let (version, show) = match asked.await {
+        Ok(answers) => answers,
+        Err(_) => (
+            "N/A".to_owned(),
+            Err(reaction::CallError::Timeout {
+                args: "show".into(),
+                timeout,
+            }),
+        ),
     };
     let up = show.is_ok();
     let mut pending = Vec::new();
@@ -451,9 +508,16 @@ async fn scrape(shared: &Shared, format: Format) -> Vec<u8> {
             show_age,
             calls,
         };
-        let body = collect::render(&mut c, format, &scrape);
-        c.last_export = collect::now_ms();
-        (body, state::snapshot(&c, &shared.source_name))
+        let mut e = crate::metrics::encode::Encoder::new(format, deltas.len() + 16 * 1024);
+        collect::render_head(&mut e, &scrape);
+        e.raw(&deltas);
+        drop(deltas);
+        c.render_pending(&mut e, &scrape);
+        c.render_own(&mut e, &scrape);
+        if shared.config.export.internals {
+            collect::render_process(&mut e);
+        }
+        (e.finish(), state::snapshot(&c, &shared.source_name))
     };
     let path = shared.config.state_file.clone();
     let _ = tokio::task::spawn_blocking(move || {

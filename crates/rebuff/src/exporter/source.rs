@@ -27,7 +27,7 @@ use super::parse::{self, Unparsed};
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// How often the file is polled for new data when idle.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(40);
 
 const CHUNK: usize = 256 * 1024;
 
