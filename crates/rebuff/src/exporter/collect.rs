@@ -4,10 +4,11 @@
 //! scrape" tables of matches, actions, commands and stream events, the last
 //! match of each filter (which labels the next action, as the exporter
 //! guesses), the `hold` window, the position reached in the log, and
-//! rebuff's own counters. Sources hand it lines ([`Collector::line`]); a
-//! scrape renders and empties it ([`Collector::render`]); the state file
-//! saves and restores it (`state.rs`). One mutex guards it; a line holds
-//! it for a parse and a table update, a scrape for the render.
+//! rebuff's own counters. Sources hand it lines ([`Collector::event`],
+//! through `Shared::line`); a scrape renders and empties it
+//! ([`Collector::render_deltas`], [`render`]); the state file saves and
+//! restores it (`state.rs`). One mutex guards it; a line holds it for a
+//! table update, a scrape for the render of the emptied families.
 
 use std::collections::HashMap;
 
