@@ -159,4 +159,19 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// reaction-metrics-exporter 1.0.1 for an upstream reaction: read its
+    /// log, serve its metrics (same configuration file, same families).
+    Exporter {
+        /// The exporter's configuration file (YAML or JSON); the defaults without it.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Output format of `defaults` (default yaml) and `test-config` (default json).
+        #[arg(short, long, value_enum)]
+        format: Option<crate::exporter::DumpFormat>,
+        /// start: read logs, count, serve /metrics; defaults: print the
+        /// default configuration; test-config: validate and print the
+        /// configuration; version: print the exporter version served.
+        #[arg(value_enum)]
+        mode: crate::exporter::Mode,
+    },
 }

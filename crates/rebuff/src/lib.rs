@@ -24,6 +24,8 @@
 //! - [`metrics`]: every counter, the exporter-compatible families, label
 //!   templates and the `/metrics` endpoint.
 //! - [`notify`]: systemd readiness, status and watchdog.
+//! - [`exporter`]: `rebuff exporter`, reaction-metrics-exporter for an
+//!   upstream reaction (its own log reader, counts and endpoint).
 //! - [`events`]: the shared vocabulary (matches, action outcomes, command
 //!   kinds, finished reports, times) every layer uses; it imports no other
 //!   module of this crate.
@@ -41,6 +43,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod exec;
+pub mod exporter;
 pub mod firewall;
 pub mod lines;
 pub mod log;

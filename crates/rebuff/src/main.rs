@@ -167,6 +167,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let tree = client::request(&socket, request)?;
             client::print_tree(&tree, ShowFormat::Yaml, &mut out)?;
         }
+        Command::Exporter {
+            config,
+            format,
+            mode,
+        } => {
+            let code = rebuff::exporter::run(config, format, mode, &mut out)?;
+            out.flush()?;
+            return Ok(code);
+        }
         Command::Reload { socket } => {
             let answer = client::request(&socket, Request::Reload)?;
             if let Some(text) = answer.as_str() {

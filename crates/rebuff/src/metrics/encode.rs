@@ -176,6 +176,20 @@ impl Encoder {
         self.push_value(value);
     }
 
+    /// Text written elsewhere by an encoder of the same format (families
+    /// rendered in parallel with other work), appended as it is.
+    pub fn raw(&mut self, text: &str) {
+        self.out.push_str(text);
+    }
+
+    /// A sample whose value is already formatted (the exporter-compatible
+    /// families print counts as Python floats).
+    pub fn sample_text(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
+        self.start_sample(name, labels.iter().copied());
+        self.out.push_str(value);
+        self.out.push('\n');
+    }
+
     pub fn sample_float(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.start_sample(name, labels.iter().copied());
         push_float(&mut self.out, value);

@@ -19,7 +19,7 @@ use crate::config::{LabelRule, MetricsConfig};
 const TEMPLATE_FUEL: u64 = 10_000;
 
 /// The environment label templates compile and render in.
-fn environment() -> Environment<'static> {
+pub(crate) fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);

@@ -24,6 +24,7 @@ mod config_errors;
 mod daemon;
 mod dashboards;
 mod demo;
+mod exporter;
 mod exporter_compat;
 mod firewall;
 mod metrics;
