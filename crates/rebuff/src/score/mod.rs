@@ -1,0 +1,330 @@
+//! `rebuff score`: a drop-in for the seed score daemon
+//! (`ipset-score-daemon.py`): the same flags, INI rulesets, scoring, ipset
+//! calls and batching, flushes at start, every interval, at end of input
+//! and on SIGINT; plus IPv6 (`--ipset6`) and clear errors.
+//!
+//! - [`args`]: the seed's command line, as argparse parses it.
+//! - [`ini`]: configparser's INI dialect and interpolation.
+//! - [`pyre`]: Python regexes translated for the `regex` crate.
+//! - [`rules`]: rulesets, rules, templates, the per-line evaluation.
+//! - [`counter`]: scores, floor, expiry, size limit, pending updates.
+//! - [`pyset`]: CPython's set order, so batches list addresses as the seed's.
+//! - [`ipset`]: the startup check and batched add/del calls.
+//! - [`input`]: stdin or a FIFO, line by line.
+//! - [`addr`]: strict address parsing and "globally reachable".
+//! - [`log`]: the seed's stderr log lines.
+
+pub mod addr;
+pub mod args;
+pub mod counter;
+pub mod ini;
+pub mod input;
+pub mod ipset;
+pub mod log;
+pub mod pyre;
+pub mod pyset;
+pub mod rules;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use self::counter::{Added, ScoreCounter};
+use self::ipset::{Ipset, IpsetOptions};
+use self::log::{Level, Logger};
+use self::rules::Rules;
+
+/// The state the reader and the flusher share.
+#[derive(Debug)]
+struct Shared {
+    counter: Mutex<ScoreCounter>,
+    ipset: Mutex<Ipset>,
+    threshold: i64,
+    start: Instant,
+    log: Logger,
+    lines: AtomicU64,
+    /// Set to stop the flusher; the condvar wakes it.
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// The seed's `Worker._update`.
+    fn flush(&self) {
+        let mut ipset = self.ipset.lock().unwrap_or_else(|e| e.into_inner());
+        let updates = {
+            let mut counter = self.counter.lock().unwrap_or_else(|e| e.into_inner());
+            let dropped = counter.maintain(self.now());
+            if self.log.enabled(Level::Debug) {
+                for (addr, score) in dropped {
+                    self.log.log(
+                        Level::Debug,
+                        "ScoreCounter",
+                        &format!("Removing {addr} with score {score}"),
+                    );
+                }
+            }
+            counter.take_updates()
+        };
+        for (addr, score) in &updates {
+            self.log.log(
+                Level::Info,
+                "ScoreCounter",
+                &format!("Score for {addr} now {score}"),
+            );
+        }
+        if !updates.is_empty() {
+            self.log.log(
+                Level::Info,
+                "ScoreCounter",
+                &format!("Flushing {} updates", updates.len()),
+            );
+        }
+        for (addr, score) in updates {
+            if score <= self.threshold {
+                ipset.remove(addr);
+            } else {
+                ipset.update(addr);
+            }
+        }
+        ipset.apply();
+    }
+}
+
+/// The flusher thread: every interval, then once more when stopped.
+#[derive(Debug)]
+struct Flusher {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Flusher {
+    fn start(shared: Arc<Shared>, interval: f64) -> Arc<Flusher> {
+        // The seed's first flush, done before any line is read.
+        shared.flush();
+        let interval = if interval > 0.0 { interval } else { 0.0 };
+        let every = Duration::try_from_secs_f64(interval).ok();
+        let worker = shared.clone();
+        let thread = std::thread::spawn(move || {
+            loop {
+                let stop = worker.stop.lock().unwrap_or_else(|e| e.into_inner());
+                let stop = match every {
+                    Some(d) => {
+                        worker
+                            .wake
+                            .wait_timeout_while(stop, d, |s| !*s)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    None => worker
+                        .wake
+                        .wait_while(stop, |s| !*s)
+                        .unwrap_or_else(|e| e.into_inner()),
+                };
+                let stopping = *stop;
+                drop(stop);
+                worker.flush();
+                if stopping {
+                    return;
+                }
+            }
+        });
+        Arc::new(Flusher {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the thread after its final flush (once; later calls wait for
+    /// nothing).
+    fn stop(&self) {
+        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.wake.notify_all();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Runs `rebuff score ARGS…`; the process exit code.
+pub fn main(argv: &[String]) -> u8 {
+    let args = match args::parse(argv) {
+        Ok(args::Parsed::Run(args)) => args,
+        Ok(args::Parsed::Help(text)) => {
+            print!("{text}");
+            return 0;
+        }
+        Err(message) => {
+            eprintln!("{}\nrebuff score: error: {message}", args::usage());
+            return 2;
+        }
+    };
+    let log = Logger {
+        level: args.log_level,
+        time: args.log_time,
+    };
+    match run(&args, log) {
+        Ok(()) => 0,
+        Err(message) => {
+            log.log(Level::Error, "main", &message);
+            1
+        }
+    }
+}
+
+/// Waits for SIGINT on a thread of its own; `on_interrupt` runs there.
+fn watch_sigint(on_interrupt: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::interrupt()) {
+                Ok(mut interrupt) => {
+                    let _ = ready_tx.send(Ok(()));
+                    interrupt.recv().await;
+                    on_interrupt();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+            }
+        });
+    });
+    ready_rx
+        .recv()
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("Cannot watch SIGINT: {e}"))
+}
+
+fn run(args: &args::Args, log: Logger) -> Result<(), String> {
+    // The seed's order: the input, the ruleset, the counter, the set check.
+    let mut reader = input::open(&args.input, args.input_create)?;
+    let text = std::fs::read(&args.ruleset)
+        .map_err(|e| format!("Cannot parse config '{}': {e}", args.ruleset.display()))
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|e| {
+                format!(
+                    "Cannot parse config '{}': not UTF-8 ({e})",
+                    args.ruleset.display()
+                )
+            })
+        })?;
+    let rules = Rules::from_ini(&text, args.ipset6.is_some(), &log)
+        .map_err(|e| format!("Cannot parse config '{}': {e}", args.ruleset.display()))?;
+    let counter = ScoreCounter::new(
+        args.score_timeout,
+        args.score_min.min(args.score_threshold),
+        args.score_limit,
+        args.exclude_local,
+    );
+    let mut ipset = Ipset::new(
+        IpsetOptions {
+            exe: args.ipset_exe.clone(),
+            name: args.ipset.clone(),
+            name6: args.ipset6.clone(),
+            maxelem: args.ipset_create_maxelem,
+            timeout: args.ipset_create_timeout,
+            create: args.ipset_create,
+            dry_run: args.dry_run,
+        },
+        log,
+    );
+    ipset.check()?;
+    if !args.systemd {
+        log.log(Level::Info, "main", "Starting up");
+    } else if std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
+        && sd_notify::notify(&[sd_notify::NotifyState::Ready]).is_ok()
+    {
+        log.log(Level::Info, "main", "Starting up, systemd READY");
+    } else {
+        log.log(Level::Warning, "main", "Starting up, systemd notify failed");
+    }
+    let shared = Arc::new(Shared {
+        counter: Mutex::new(counter),
+        ipset: Mutex::new(ipset),
+        threshold: args.score_threshold,
+        start: Instant::now(),
+        log,
+        lines: AtomicU64::new(0),
+        stop: Mutex::new(false),
+        wake: Condvar::new(),
+    });
+    let flusher = Flusher::start(shared.clone(), args.update_interval);
+    {
+        let flusher = flusher.clone();
+        let shared = shared.clone();
+        watch_sigint(move || {
+            flusher.stop();
+            let lines = shared.lines.load(Ordering::Relaxed);
+            shared.log.log(
+                Level::Info,
+                "main",
+                &format!("Interrupt after {lines} lines"),
+            );
+            std::process::exit(0);
+        })?;
+    }
+    let mut cx = rules.context();
+    let debug = log.enabled(Level::Debug);
+    loop {
+        let line = match reader.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                flusher.stop();
+                return Err(format!("Cannot read '{}': {e}", args.input));
+            }
+        };
+        let line = String::from_utf8_lossy(line);
+        if debug {
+            log.log(Level::Debug, "main.input", line.trim_end());
+        }
+        shared.lines.fetch_add(1, Ordering::Relaxed);
+        rules.run(&line, &mut cx, &log, |found| {
+            if let (Some(addr), Some(score)) = (found.address, found.score) {
+                let now = shared.now();
+                let added = shared
+                    .counter
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add(addr, score, now);
+                match added {
+                    Added::Ignored => log.log(
+                        Level::Info,
+                        "ScoreCounter",
+                        &format!("Ignoring local address {addr}"),
+                    ),
+                    Added::Scored { score, dirty: true } if debug => log.log(
+                        Level::Debug,
+                        "ScoreCounter",
+                        &format!("Score for {addr} set to {score}"),
+                    ),
+                    Added::Scored { .. } => {}
+                }
+            }
+        });
+    }
+    flusher.stop();
+    let lines = shared.lines.load(Ordering::Relaxed);
+    log.log(
+        Level::Info,
+        "main",
+        &format!("Shutdown after {lines} lines"),
+    );
+    Ok(())
+}
