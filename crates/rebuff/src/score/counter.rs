@@ -282,3 +282,95 @@ mod tests {
         assert!(matches!(c.add(a(1), 1, 0.0), Added::Scored { .. }));
     }
 }
+
+#[cfg(test)]
+mod model {
+    //! The scoring rules against a plain model: a map of scores, a list in
+    //! last-seen order, a set of pending addresses.
+    use std::collections::{BTreeSet, HashMap};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add { who: u8, score: i64, after: f64 },
+        Flush { after: f64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0u8..12, -20i64..20, 0.0f64..3.0).prop_map(|(who, score, after)| Op::Add { who, score, after }),
+            1 => (0.0f64..3.0).prop_map(|after| Op::Flush { after }),
+        ]
+    }
+
+    fn addr(who: u8) -> Addr {
+        match who {
+            0 => Addr::V4(0),
+            1 => Addr::V4(0x0a00_0001), // 10.0.0.1
+            w => Addr::V4(0x0808_0800 + u32::from(w)),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn counter_matches_the_model(
+            ops in proptest::collection::vec(op(), 1..200),
+            floor in -30i64..5,
+            timeout in 0.5f64..10.0,
+            limit in 0i64..8,
+            exclude_local: bool,
+        ) {
+            let mut counter = ScoreCounter::new(timeout, floor, limit, exclude_local);
+            let mut scores: HashMap<Addr, i64> = HashMap::new();
+            let mut order: Vec<(Addr, f64)> = Vec::new();
+            let mut pending: BTreeSet<Addr> = BTreeSet::new();
+            let mut now = 0.0;
+            for op in ops {
+                match op {
+                    Op::Add { who, score, after } => {
+                        now += after;
+                        let a = addr(who);
+                        let added = counter.add(a, score, now);
+                        if who == 0 || (exclude_local && who == 1) {
+                            prop_assert_eq!(added, Added::Ignored);
+                            continue;
+                        }
+                        let old = scores.get(&a).copied().unwrap_or(0);
+                        let new = floor.max(old + score);
+                        scores.insert(a, new);
+                        order.retain(|(x, _)| *x != a);
+                        order.push((a, now));
+                        let dirty = old != new || score == 0;
+                        if dirty {
+                            pending.insert(a);
+                        }
+                        prop_assert_eq!(added, Added::Scored { score: new, dirty });
+                    }
+                    Op::Flush { after } => {
+                        now += after;
+                        while order.first().is_some_and(|(_, seen)| *seen < now - timeout) {
+                            let (a, _) = order.remove(0);
+                            scores.remove(&a);
+                            pending.remove(&a);
+                        }
+                        while order.len() > limit as usize {
+                            let (a, _) = order.remove(0);
+                            scores.remove(&a);
+                            pending.remove(&a);
+                        }
+                        counter.maintain(now);
+                        let updates: BTreeSet<(Addr, i64)> = counter.take_updates().into_iter().collect();
+                        let expected: BTreeSet<(Addr, i64)> =
+                            pending.iter().map(|a| (*a, scores[a])).collect();
+                        prop_assert_eq!(updates, expected);
+                        pending.clear();
+                        prop_assert_eq!(counter.len(), scores.len());
+                    }
+                }
+            }
+        }
+    }
+}

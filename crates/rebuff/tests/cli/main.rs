@@ -29,6 +29,7 @@ mod metrics;
 mod ordering;
 mod reload;
 mod replay;
+mod score;
 mod socket;
 mod store;
 mod tools;
