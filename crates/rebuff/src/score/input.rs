@@ -93,6 +93,21 @@ impl LineReader {
         }
     }
 
+    /// Whether [`LineReader::next_line`] can answer without reading.
+    pub fn has_buffered_line(&self) -> bool {
+        let window = &self.buf[self.start..self.end];
+        if self.eof {
+            return !window.is_empty();
+        }
+        if self.universal {
+            // A '\r' last in the buffer waits for the next byte.
+            memchr::memchr2(b'\n', b'\r', window)
+                .is_some_and(|p| p + 1 < window.len() || window[p] == b'\n')
+        } else {
+            memchr::memchr(b'\n', window).is_some()
+        }
+    }
+
     /// The next line, with its newline; `None` at end of file.
     pub fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
         loop {

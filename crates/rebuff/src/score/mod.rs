@@ -142,13 +142,140 @@ impl Flusher {
     /// Stops the thread after its final flush (once; later calls wait for
     /// nothing).
     fn stop(&self) {
+        // The lock is held across the join: a second caller (end of input
+        // and SIGINT at once) returns only after the final flush is done.
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
         *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.shared.wake.notify_all();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread {
+        if let Some(thread) = thread.take() {
             let _ = thread.join();
         }
     }
+}
+
+/// Lines, as read together (never waiting for more input to fill a batch).
+#[derive(Debug, Default)]
+struct Batch {
+    text: String,
+    /// End of each line in `text`.
+    ends: Vec<usize>,
+}
+
+/// At most this many lines per batch.
+const BATCH_LINES: usize = 4096;
+
+/// Reads lines on one thread, matches batches of them on worker threads,
+/// and applies their findings to the counter on this thread in input
+/// order: the same scores, the same calls as one line at a time, on every
+/// core. A batch is what is already read, so a FIFO's lines are never held
+/// back. The read error, if any.
+fn pipeline(
+    mut reader: input::LineReader,
+    rules: Arc<Rules>,
+    shared: &Arc<Shared>,
+) -> Option<String> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let log = shared.log;
+    let mut to_workers = Vec::new();
+    let mut from_workers = Vec::new();
+    for _ in 0..workers {
+        let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let (event_tx, event_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<rules::Event>)>(2);
+        let rules = rules.clone();
+        std::thread::spawn(move || {
+            let mut cx = rules.context();
+            let debug = log.enabled(Level::Debug);
+            for batch in batch_rx {
+                let mut events = Vec::new();
+                let mut start = 0;
+                for &end in &batch.ends {
+                    let line = &batch.text[start..end];
+                    start = end;
+                    if debug {
+                        events.push(rules::Event::Log(
+                            Level::Debug,
+                            "main.input".into(),
+                            line.trim_end_matches(ini::py_space).to_string(),
+                        ));
+                    }
+                    rules.run(line, &mut cx, &log, &mut events);
+                }
+                if event_tx.send((batch.ends.len(), events)).is_err() {
+                    return;
+                }
+            }
+        });
+        to_workers.push(batch_tx);
+        from_workers.push(event_rx);
+    }
+    let reader_thread = std::thread::spawn(move || -> Option<String> {
+        let mut next = 0;
+        loop {
+            let mut batch = Batch::default();
+            loop {
+                let line = match reader.next_line() {
+                    Ok(Some(line)) => line,
+                    Ok(None) => break,
+                    Err(e) => return Some(e.to_string()),
+                };
+                match std::str::from_utf8(line) {
+                    Ok(text) => batch.text.push_str(text),
+                    Err(_) => batch.text.push_str(&String::from_utf8_lossy(line)),
+                }
+                batch.ends.push(batch.text.len());
+                if batch.ends.len() >= BATCH_LINES || !reader.has_buffered_line() {
+                    break;
+                }
+            }
+            if batch.ends.is_empty() {
+                return None;
+            }
+            if to_workers[next % to_workers.len()].send(batch).is_err() {
+                return None;
+            }
+            next += 1;
+        }
+    });
+    let debug = log.enabled(Level::Debug);
+    let mut next = 0;
+    // Results in the order the batches went out; a worker that is done
+    // (its channel closed) means every later one is done too.
+    while let Ok((lines, events)) = from_workers[next % from_workers.len()].recv() {
+        next += 1;
+        shared.lines.fetch_add(lines as u64, Ordering::Relaxed);
+        for event in events {
+            let found = match event {
+                rules::Event::Log(level, who, message) => {
+                    log.log(level, &who, &message);
+                    continue;
+                }
+                rules::Event::Found(found) => found,
+            };
+            let (Some(addr), Some(score)) = (found.address, found.score) else {
+                continue;
+            };
+            let now = shared.now();
+            let added = shared
+                .counter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(addr, score, now);
+            match added {
+                Added::Ignored => log.log(
+                    Level::Info,
+                    "ScoreCounter",
+                    &format!("Ignoring local address {addr}"),
+                ),
+                Added::Scored { score, dirty: true } if debug => log.log(
+                    Level::Debug,
+                    "ScoreCounter",
+                    &format!("Score for {addr} set to {score}"),
+                ),
+                Added::Scored { .. } => {}
+            }
+        }
+    }
+    reader_thread.join().unwrap_or(None)
 }
 
 /// Runs `rebuff score ARGS…`; the process exit code.
@@ -213,7 +340,7 @@ fn watch_sigint(on_interrupt: impl FnOnce() + Send + 'static) -> Result<(), Stri
 
 fn run(args: &args::Args, log: Logger) -> Result<(), String> {
     // The seed's order: the input, the ruleset, the counter, the set check.
-    let mut reader = input::open(&args.input, args.input_create)?;
+    let reader = input::open(&args.input, args.input_create)?;
     let text = std::fs::read(&args.ruleset)
         .map_err(|e| format!("Cannot parse config '{}': {e}", args.ruleset.display()))
         .and_then(|bytes| {
@@ -279,45 +406,10 @@ fn run(args: &args::Args, log: Logger) -> Result<(), String> {
             std::process::exit(0);
         })?;
     }
-    let mut cx = rules.context();
-    let debug = log.enabled(Level::Debug);
-    loop {
-        let line = match reader.next_line() {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(e) => {
-                flusher.stop();
-                return Err(format!("Cannot read '{}': {e}", args.input));
-            }
-        };
-        let line = String::from_utf8_lossy(line);
-        if debug {
-            log.log(Level::Debug, "main.input", line.trim_end());
-        }
-        shared.lines.fetch_add(1, Ordering::Relaxed);
-        rules.run(&line, &mut cx, &log, |found| {
-            if let (Some(addr), Some(score)) = (found.address, found.score) {
-                let now = shared.now();
-                let added = shared
-                    .counter
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .add(addr, score, now);
-                match added {
-                    Added::Ignored => log.log(
-                        Level::Info,
-                        "ScoreCounter",
-                        &format!("Ignoring local address {addr}"),
-                    ),
-                    Added::Scored { score, dirty: true } if debug => log.log(
-                        Level::Debug,
-                        "ScoreCounter",
-                        &format!("Score for {addr} set to {score}"),
-                    ),
-                    Added::Scored { .. } => {}
-                }
-            }
-        });
+    let read_error = pipeline(reader, Arc::new(rules), &shared);
+    if let Some(e) = read_error {
+        flusher.stop();
+        return Err(format!("Cannot read '{}': {e}", args.input));
     }
     flusher.stop();
     let lines = shared.lines.load(Ordering::Relaxed);

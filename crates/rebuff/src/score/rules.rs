@@ -2,9 +2,9 @@
 //! `[ruleset.NAME.RULE]` rules, read from an INI file and run on a line.
 
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
-use regex::{CaptureLocations, Regex};
+use regex::{CaptureLocations, Regex, RegexSet};
 
 use super::addr::{self, Addr};
 use super::ini::{self, Ini};
@@ -31,7 +31,7 @@ struct Rule {
     re: Regex,
     /// Capture group index and variable of every named group.
     groups: Vec<(usize, Var)>,
-    defaults: Vec<(Var, Rc<str>)>,
+    defaults: Vec<(Var, Arc<str>)>,
     score: Option<i64>,
     negated: bool,
     enabled: bool,
@@ -44,6 +44,45 @@ struct Rule {
 struct Ruleset {
     pre: Rule,
     rules: Vec<Rule>,
+    /// The rules that search the line itself, in one set: one scan tells
+    /// which of them match (their outcome does not depend on the context).
+    line_set: Option<RegexSet>,
+    /// Per rule, its index in `line_set`.
+    in_set: Vec<Option<usize>>,
+}
+
+impl Ruleset {
+    fn new(pre: Rule) -> Self {
+        Ruleset {
+            pre,
+            rules: Vec::new(),
+            line_set: None,
+            in_set: Vec::new(),
+        }
+    }
+
+    /// Builds [`Ruleset::line_set`] once the rules are known.
+    fn build_set(&mut self) -> Result<(), RulesError> {
+        let mut patterns = Vec::new();
+        self.in_set = self
+            .rules
+            .iter()
+            .map(|rule| {
+                rule.target.is_none().then(|| {
+                    patterns.push(rule.re.as_str().to_string());
+                    patterns.len() - 1
+                })
+            })
+            .collect();
+        if patterns.len() > 1 {
+            let set = RegexSet::new(&patterns)
+                .map_err(|e| RulesError(format!("[ruleset.{}]: {e}", self.pre.name)))?;
+            self.line_set = Some(set);
+        } else {
+            self.in_set = vec![None; self.rules.len()];
+        }
+        Ok(())
+    }
 }
 
 /// The value of a variable for the current line.
@@ -54,7 +93,7 @@ enum Value {
     /// A span of the line.
     Line(usize, usize),
     Owned(String),
-    Shared(Rc<str>),
+    Shared(Arc<str>),
 }
 
 /// Per-line scratch state, reused across lines.
@@ -64,6 +103,8 @@ pub struct Context {
     set: Vec<Var>,
     locations: Vec<CaptureLocations>,
     target: String,
+    /// Which rules of `line_set` match the current line.
+    hits: Vec<bool>,
 }
 
 /// What a ruleset found on a line (when its pre-match matched).
@@ -73,6 +114,13 @@ pub struct Found {
     pub score: Option<i64>,
     /// The ruleset is marked `last`: stop the line here.
     pub last: bool,
+}
+
+/// What a line produced, in order: log lines and findings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Log(Level, String, String),
+    Found(Found),
 }
 
 /// All enabled rulesets of a file, in file order.
@@ -233,11 +281,11 @@ fn parse_rule(
         .map(|(v, _)| v)
         .unwrap_or_default();
     // A dict: a later key overwrites an earlier one in place.
-    let mut defaults: Vec<(String, Rc<str>)> = Vec::new();
+    let mut defaults: Vec<(String, Arc<str>)> = Vec::new();
     for line in ini::py_splitlines(&defaults_text) {
         if let Some((k, v)) = line.split_once('=') {
             let k = ini::py_strip(k).to_string();
-            let v: Rc<str> = Rc::from(ini::py_strip(v));
+            let v: Arc<str> = Arc::from(ini::py_strip(v));
             match defaults.iter_mut().find(|(key, _)| *key == k) {
                 Some(entry) => entry.1 = v,
                 None => defaults.push((k, v)),
@@ -297,13 +345,7 @@ impl Rules {
             let known = |name: &str| all.iter().position(|(n, _)| n == name);
             if parts.len() == 2 && parts[0] == "ruleset" && known(parts[1]).is_none() {
                 let pre = parse_rule(&ini, section, parts[1], &mut vars)?;
-                all.push((
-                    parts[1].to_string(),
-                    Ruleset {
-                        pre,
-                        rules: Vec::new(),
-                    },
-                ));
+                all.push((parts[1].to_string(), Ruleset::new(pre)));
             } else if parts.len() == 3
                 && parts[0] == "ruleset"
                 && let Some(i) = known(parts[1])
@@ -316,11 +358,14 @@ impl Rules {
                 return Err(RulesError(format!("Unrecognized section '{section}'")));
             }
         }
-        let rulesets: Vec<Ruleset> = all
+        let mut rulesets: Vec<Ruleset> = all
             .into_iter()
             .map(|(_, r)| r)
             .filter(|r| r.pre.enabled)
             .collect();
+        for ruleset in &mut rulesets {
+            ruleset.build_set()?;
+        }
         for ruleset in &rulesets {
             ruleset.validate(&vars, log);
         }
@@ -355,6 +400,14 @@ impl Rules {
         Context {
             values: vec![Value::Unset; self.vars.len()],
             set: Vec::new(),
+            hits: vec![
+                false;
+                self.rulesets
+                    .iter()
+                    .map(|r| r.rules.len())
+                    .max()
+                    .unwrap_or(0)
+            ],
             locations,
             target: String::new(),
         }
@@ -362,14 +415,14 @@ impl Rules {
 
     /// Runs every ruleset on `line` (with its newline) as the seed's main
     /// loop does, calling `found` for each ruleset whose pre-match matched.
-    pub fn run(&self, line: &str, cx: &mut Context, log: &Logger, mut found: impl FnMut(Found)) {
+    pub fn run(&self, line: &str, cx: &mut Context, log: &Logger, out: &mut Vec<Event>) {
         let mut loc = 0;
         for ruleset in &self.rulesets {
             let first_loc = loc;
             loc += 1 + ruleset.rules.len();
-            let result = self.run_ruleset(ruleset, line, cx, first_loc, log);
+            let result = self.run_ruleset(ruleset, line, cx, first_loc, log, out);
             if let Some(result) = result {
-                found(result);
+                out.push(Event::Found(result));
                 if result.last {
                     break;
                 }
@@ -384,17 +437,23 @@ impl Rules {
         cx: &mut Context,
         first_loc: usize,
         log: &Logger,
+        out: &mut Vec<Event>,
     ) -> Option<Found> {
         for &v in &cx.set {
             cx.values[v] = Value::Unset;
         }
         cx.set.clear();
-        if !self.run_rule(&ruleset.pre, line, cx, first_loc) {
+        if !self.run_rule(&ruleset.pre, line, cx, first_loc, None) {
             return None;
         }
         let mut score = ruleset.pre.score;
+        if let Some(set) = &ruleset.line_set {
+            cx.hits.iter_mut().for_each(|h| *h = false);
+            set.matches_read_at(&mut cx.hits[..set.len()], line, 0);
+        }
         for (i, rule) in ruleset.rules.iter().enumerate() {
-            if self.run_rule(rule, line, cx, first_loc + 1 + i) {
+            let known = ruleset.in_set.get(i).copied().flatten().map(|k| cx.hits[k]);
+            if self.run_rule(rule, line, cx, first_loc + 1 + i, known) {
                 score = match (score, rule.score) {
                     (None, s) => s,
                     (Some(a), Some(b)) => Some(a.saturating_add(b)),
@@ -416,11 +475,13 @@ impl Rules {
         let text = self.address.and_then(|v| value_str(&cx.values[v], line));
         let address = match text {
             None => {
-                log.log(
-                    Level::Warning,
-                    &format!("Ruleset.{}", ruleset.pre.name),
-                    "Cannot parse 'address' group for match: KeyError('address')",
-                );
+                if log.enabled(Level::Warning) {
+                    out.push(Event::Log(
+                        Level::Warning,
+                        format!("Ruleset.{}", ruleset.pre.name),
+                        "Cannot parse 'address' group for match: KeyError('address')".into(),
+                    ));
+                }
                 None
             }
             Some(text) => {
@@ -429,14 +490,14 @@ impl Rules {
                         .then(|| addr::parse_v6(text).map(Addr::V6))
                         .flatten()
                 });
-                if parsed.is_none() {
-                    log.log(
+                if parsed.is_none() && log.enabled(Level::Warning) {
+                    out.push(Event::Log(
                         Level::Warning,
-                        &format!("Ruleset.{}", ruleset.pre.name),
-                        &format!(
+                        format!("Ruleset.{}", ruleset.pre.name),
+                        format!(
                             "Cannot parse 'address' group for match: AddressValueError({text:?})"
                         ),
-                    );
+                    ));
                 }
                 parsed
             }
@@ -449,7 +510,15 @@ impl Rules {
     }
 
     /// `Match.match`: the target, the defaults, the search, the captures.
-    fn run_rule(&self, rule: &Rule, line: &str, cx: &mut Context, loc: usize) -> bool {
+    /// `known`: whether the line matches, when the ruleset's set told.
+    fn run_rule(
+        &self,
+        rule: &Rule,
+        line: &str,
+        cx: &mut Context,
+        loc: usize,
+        known: Option<bool>,
+    ) -> bool {
         let on_line = rule.target.is_none();
         if let Some(pieces) = &rule.target {
             let mut target = std::mem::take(&mut cx.target);
@@ -473,10 +542,13 @@ impl Rules {
         }
         let text: &str = if on_line { line } else { &cx.target };
         let locations = &mut cx.locations[loc];
-        let matched = if rule.groups.is_empty() {
-            rule.re.is_match(text)
+        let matched = if known == Some(false) {
+            false
+        } else if rule.groups.is_empty() {
+            known.unwrap_or_else(|| rule.re.is_match(text))
         } else {
-            rule.re.captures_read(locations, text).is_some()
+            (known == Some(true) || rule.re.is_match(text))
+                && rule.re.captures_read(locations, text).is_some()
         };
         if matched {
             for &(group, v) in &rule.groups {
