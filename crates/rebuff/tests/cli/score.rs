@@ -64,8 +64,12 @@ fn run_one(program: &[PathBuf], dir: &Path, ruleset: &str, flags: &[&str], input
     std::fs::write(&rules, ruleset).expect("write ruleset");
     let mut command = Command::new(&program[0]);
     command.args(&program[1..]);
+    // `--input FILE` among the flags reads that file instead of stdin.
+    if !flags.contains(&"--input") {
+        command.args(["--input", "-"]);
+    }
     command
-        .args(["--input", "-", "--ruleset"])
+        .arg("--ruleset")
         .arg(&rules)
         .arg("--ipset-exe")
         .arg(&exe)
@@ -550,4 +554,103 @@ fn a_fifo_survives_writers_coming_and_going_then_sigint_flushes() {
         .expect("exists")
         .file_type();
     assert!(kind.is_fifo());
+}
+
+#[test]
+fn an_interval_flush_sends_without_waiting_for_the_end_of_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("calls.log");
+    let exe = fake_ipset(dir.path(), &log);
+    let fifo = dir.path().join("in.fifo");
+    let rules = dir.path().join("rules.ini");
+    std::fs::write(&rules, FEATURES).expect("write ruleset");
+    let mut child = Command::new(rebuff_bin())
+        .arg("score")
+        .arg("--input")
+        .arg(&fifo)
+        .args([
+            "--input-create",
+            "--ipset=s",
+            "--update-interval=0.2",
+            "--ruleset",
+        ])
+        .arg(&rules)
+        .arg("--ipset-exe")
+        .arg(&exe)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    // The FIFO exists once the daemon has opened it.
+    while !fifo.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("open fifo");
+    writeln!(
+        writer,
+        "sshd[1]: Failed password for bob from 8.8.8.8 port 22"
+    )
+    .expect("write");
+    // The FIFO stays open: only a periodic flush can send this.
+    let mut calls = String::new();
+    for _ in 0..600 {
+        calls = std::fs::read_to_string(&log).unwrap_or_default();
+        if calls.contains("ARGV -exist add s 8.8.8.8\nEND\n") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        calls.contains("ARGV -exist add s 8.8.8.8\nEND\n"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn help_exits_0_and_names_the_seed_flags() {
+    let output = Command::new(rebuff_bin())
+        .args(["score", "--help"])
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--input-create",
+        "--ipset-create-maxelem",
+        "--score-limit",
+        "--ipset6",
+        "--dry-run",
+    ] {
+        assert!(text.contains(flag), "{flag} in {text}");
+    }
+}
+
+#[test]
+fn a_file_input_reads_universal_newlines_as_the_seed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("input.log");
+    // CRLF and lone CR end lines when the seed opens a path (not on stdin).
+    std::fs::write(
+        &path,
+        "sshd[1]: Failed password for root from 8.8.8.8 port 22\r\nsshd[2]: Failed password for root from 8.8.4.4 port 22\rsshd[3]: Invalid user x from 9.9.9.9 port 4242\r",
+    )
+    .expect("write");
+    let path = path.to_string_lossy().into_owned();
+    compare(
+        FEATURES,
+        &[
+            "--input",
+            &path,
+            "--ipset",
+            "s",
+            "--update-interval",
+            "3600",
+        ],
+        "",
+    );
 }
