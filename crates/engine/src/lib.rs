@@ -28,7 +28,7 @@ pub mod window;
 
 pub use decide::{
     ActionSpec, Decision, DuplicatePolicy, FilterDecider, FilterPlan, IpOnly, ScheduledAction,
-    Trigger, TriggerKind,
+    ScoreDecision, Trigger, TriggerKind,
 };
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use matcher::{
