@@ -13,6 +13,10 @@
 //! - [`input`]: stdin or a FIFO, line by line.
 //! - [`addr`]: strict address parsing and "globally reachable".
 //! - [`log`]: the seed's stderr log lines.
+//!
+//! Lines are matched on the reading thread on one or two cores, else on
+//! worker threads in batches applied in input order (`REBUFF_SCORE_WORKERS`
+//! sets their number; 0 matches on the reading thread).
 
 pub mod addr;
 pub mod args;
@@ -174,8 +178,15 @@ fn pipeline(
     rules: Arc<Rules>,
     shared: &Arc<Shared>,
 ) -> Option<String> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
     let log = shared.log;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = std::env::var("REBUFF_SCORE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(if cores > 2 { (cores - 1).min(4) } else { 0 });
+    if workers == 0 {
+        return inline(reader, &rules, shared);
+    }
     let mut to_workers = Vec::new();
     let mut from_workers = Vec::new();
     for _ in 0..workers {
@@ -236,46 +247,82 @@ fn pipeline(
             next += 1;
         }
     });
-    let debug = log.enabled(Level::Debug);
     let mut next = 0;
     // Results in the order the batches went out; a worker that is done
     // (its channel closed) means every later one is done too.
     while let Ok((lines, events)) = from_workers[next % from_workers.len()].recv() {
         next += 1;
-        shared.lines.fetch_add(lines as u64, Ordering::Relaxed);
-        for event in events {
-            let found = match event {
-                rules::Event::Log(level, who, message) => {
-                    log.log(level, &who, &message);
-                    continue;
-                }
-                rules::Event::Found(found) => found,
-            };
-            let (Some(addr), Some(score)) = (found.address, found.score) else {
-                continue;
-            };
-            let now = shared.now();
-            let added = shared
-                .counter
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(addr, score, now);
-            match added {
-                Added::Ignored => log.log(
-                    Level::Info,
-                    "ScoreCounter",
-                    &format!("Ignoring local address {addr}"),
-                ),
-                Added::Scored { score, dirty: true } if debug => log.log(
-                    Level::Debug,
-                    "ScoreCounter",
-                    &format!("Score for {addr} set to {score}"),
-                ),
-                Added::Scored { .. } => {}
-            }
-        }
+        apply(shared, lines, events);
     }
     reader_thread.join().unwrap_or(None)
+}
+
+/// One line at a time on this thread (one or two cores: handing batches
+/// between threads costs more than it saves there).
+fn inline(mut reader: input::LineReader, rules: &Rules, shared: &Arc<Shared>) -> Option<String> {
+    let log = shared.log;
+    let debug = log.enabled(Level::Debug);
+    let mut cx = rules.context();
+    let mut events = Vec::new();
+    loop {
+        let line = match reader.next_line() {
+            Ok(Some(line)) => line,
+            Ok(None) => return None,
+            Err(e) => return Some(e.to_string()),
+        };
+        let line = match std::str::from_utf8(line) {
+            Ok(line) => std::borrow::Cow::Borrowed(line),
+            Err(_) => String::from_utf8_lossy(line),
+        };
+        if debug {
+            log.log(
+                Level::Debug,
+                "main.input",
+                line.trim_end_matches(ini::py_space),
+            );
+        }
+        events.clear();
+        rules.run(&line, &mut cx, &log, &mut events);
+        apply(shared, 1, events.drain(..));
+    }
+}
+
+/// Applies the findings of `lines` lines to the counter, in order.
+fn apply(shared: &Shared, lines: usize, events: impl IntoIterator<Item = rules::Event>) {
+    let log = shared.log;
+    let debug = log.enabled(Level::Debug);
+    shared.lines.fetch_add(lines as u64, Ordering::Relaxed);
+    for event in events {
+        let found = match event {
+            rules::Event::Log(level, who, message) => {
+                log.log(level, &who, &message);
+                continue;
+            }
+            rules::Event::Found(found) => found,
+        };
+        let (Some(addr), Some(score)) = (found.address, found.score) else {
+            continue;
+        };
+        let now = shared.now();
+        let added = shared
+            .counter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(addr, score, now);
+        match added {
+            Added::Ignored => log.log(
+                Level::Info,
+                "ScoreCounter",
+                &format!("Ignoring local address {addr}"),
+            ),
+            Added::Scored { score, dirty: true } if debug => log.log(
+                Level::Debug,
+                "ScoreCounter",
+                &format!("Score for {addr} set to {score}"),
+            ),
+            Added::Scored { .. } => {}
+        }
+    }
 }
 
 /// Runs `rebuff score ARGS…`; the process exit code.

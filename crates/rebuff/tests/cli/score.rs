@@ -57,6 +57,19 @@ struct Run {
 /// to do its first (empty) flush, so that the seed's flusher thread cannot
 /// race the first lines.
 fn run_one(program: &[PathBuf], dir: &Path, ruleset: &str, flags: &[&str], input: &str) -> Run {
+    run_with_workers(program, dir, ruleset, flags, input, None)
+}
+
+/// [`run_one`], with `REBUFF_SCORE_WORKERS` set (rebuff's matching
+/// threads; 0 matches on the reading thread).
+fn run_with_workers(
+    program: &[PathBuf],
+    dir: &Path,
+    ruleset: &str,
+    flags: &[&str],
+    input: &str,
+    workers: Option<&str>,
+) -> Run {
     let log = dir.join("calls.log");
     let _ = std::fs::remove_file(&log);
     let exe = fake_ipset(dir, &log);
@@ -64,6 +77,9 @@ fn run_one(program: &[PathBuf], dir: &Path, ruleset: &str, flags: &[&str], input
     std::fs::write(&rules, ruleset).expect("write ruleset");
     let mut command = Command::new(&program[0]);
     command.args(&program[1..]);
+    if let Some(workers) = workers {
+        command.env("REBUFF_SCORE_WORKERS", workers);
+    }
     // `--input FILE` among the flags reads that file instead of stdin.
     if !flags.contains(&"--input") {
         command.args(["--input", "-"]);
@@ -105,23 +121,30 @@ fn compare(ruleset: &str, flags: &[&str], input: &str) -> Option<Run> {
         flags,
         input,
     );
-    let actual = run_one(
-        &[rebuff_bin(), PathBuf::from("score")],
-        dir.path(),
-        ruleset,
-        flags,
-        input,
-    );
-    assert_eq!(
-        actual.code, expected.code,
-        "exit codes differ\nseed stderr:\n{}\nrebuff stderr:\n{}",
-        expected.stderr, actual.stderr
-    );
-    assert_eq!(
-        actual.calls, expected.calls,
-        "ipset calls differ\nseed stderr:\n{}\nrebuff stderr:\n{}",
-        expected.stderr, actual.stderr
-    );
+    let mut last = None;
+    // On the reading thread, and on two matching threads.
+    for workers in ["0", "2"] {
+        let actual = run_with_workers(
+            &[rebuff_bin(), PathBuf::from("score")],
+            dir.path(),
+            ruleset,
+            flags,
+            input,
+            Some(workers),
+        );
+        assert_eq!(
+            actual.code, expected.code,
+            "exit codes differ ({workers} workers)\nseed stderr:\n{}\nrebuff stderr:\n{}",
+            expected.stderr, actual.stderr
+        );
+        assert_eq!(
+            actual.calls, expected.calls,
+            "ipset calls differ ({workers} workers)\nseed stderr:\n{}\nrebuff stderr:\n{}",
+            expected.stderr, actual.stderr
+        );
+        last = Some(actual);
+    }
+    let actual = last?;
     Some(actual)
 }
 
