@@ -62,7 +62,7 @@ impl Ruleset {
     }
 
     /// Builds [`Ruleset::line_set`] once the rules are known.
-    fn build_set(&mut self) -> Result<(), RulesError> {
+    fn build_set(&mut self) {
         let mut patterns = Vec::new();
         self.in_set = self
             .rules
@@ -74,14 +74,12 @@ impl Ruleset {
                 })
             })
             .collect();
-        if patterns.len() > 1 {
-            let set = RegexSet::new(&patterns)
-                .map_err(|e| RulesError(format!("[ruleset.{}]: {e}", self.pre.name)))?;
-            self.line_set = Some(set);
-        } else {
-            self.in_set = vec![None; self.rules.len()];
+        // Each pattern compiled alone; a set too big for the regex crate's
+        // limits only loses the shortcut.
+        match RegexSet::new(&patterns) {
+            Ok(set) if patterns.len() > 1 => self.line_set = Some(set),
+            _ => self.in_set = vec![None; self.rules.len()],
         }
-        Ok(())
     }
 }
 
@@ -364,7 +362,7 @@ impl Rules {
             .filter(|r| r.pre.enabled)
             .collect();
         for ruleset in &mut rulesets {
-            ruleset.build_set()?;
+            ruleset.build_set();
         }
         for ruleset in &rulesets {
             ruleset.validate(&vars, log);
