@@ -9,6 +9,7 @@
 //! nothing here executes anything.
 
 use crate::pattern::value_is_ipv6;
+use crate::score::{Crossing, ScoreBoard, ScorePlan};
 use crate::window::RetryWindow;
 use crate::{Key, KeyMap, Time, Values};
 
@@ -139,6 +140,32 @@ pub struct FilterDecider {
     jail_inserts_since_sweep: usize,
     /// Inserts allowed before the next sweep (see [`RetryWindow`]).
     jail_sweep_every: usize,
+    /// A filter with a `score` block: its scores, weights, fallback actions.
+    score: Option<ScoreMode>,
+}
+
+/// What a filter with a `score` block adds to its decider.
+#[derive(Debug, Clone)]
+struct ScoreMode {
+    board: ScoreBoard,
+    /// Weight per regex of the filter.
+    weights: Vec<i64>,
+    /// Actions that run when a score falls back to the threshold or below
+    /// (and only then).
+    fallback: Vec<usize>,
+}
+
+/// What one weighted match did (a filter with a `score` block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScoreDecision {
+    /// The score moved (or not) without crossing the threshold.
+    Scored { score: i64 },
+    /// The score went above the threshold: the filter triggers (its
+    /// actions but the fallback ones).
+    Trigger { score: i64, trigger: Trigger },
+    /// The score fell back to the threshold or below: the fallback actions
+    /// run, the value leaves the jail.
+    Fallback { score: i64, trigger: Trigger },
 }
 
 impl FilterDecider {
@@ -149,7 +176,76 @@ impl FilterDecider {
             jail: KeyMap::default(),
             jail_inserts_since_sweep: 0,
             jail_sweep_every: 1024,
+            score: None,
         }
+    }
+
+    /// A decider for a filter with a `score` block: `weights` per regex,
+    /// `fallback` the indices of the actions that run on a fallback.
+    pub fn with_score(
+        plan: FilterPlan,
+        score: ScorePlan,
+        weights: Vec<i64>,
+        fallback: Vec<usize>,
+    ) -> Self {
+        let mut decider = FilterDecider::new(plan);
+        decider.score = Some(ScoreMode {
+            board: ScoreBoard::new(score),
+            weights,
+            fallback,
+        });
+        decider
+    }
+
+    /// The score board of a filter with a `score` block.
+    pub fn scores(&self) -> Option<&ScoreBoard> {
+        self.score.as_ref().map(|s| &s.board)
+    }
+
+    /// Handles one match of `values` by regex number `regex` of a filter
+    /// with a `score` block; `None` for a filter without one.
+    pub fn on_weighted_match(
+        &mut self,
+        values: Values,
+        regex: usize,
+        now: Time,
+    ) -> Option<ScoreDecision> {
+        let mode = self.score.as_mut()?;
+        let weight = mode.weights.get(regex).copied().unwrap_or(0);
+        let update = mode.board.apply(values.clone(), weight, now);
+        let score = update.score;
+        Some(match update.crossing {
+            None => ScoreDecision::Scored { score },
+            Some(Crossing::Above) => {
+                let fallback = mode.fallback.clone();
+                let key = Key::from_values(&values);
+                let mut trigger = self.trigger(&key, values, now, TriggerKind::New);
+                trigger.actions.retain(|a| !fallback.contains(&a.action));
+                ScoreDecision::Trigger { score, trigger }
+            }
+            Some(Crossing::Below) => {
+                let actions = mode
+                    .fallback
+                    .iter()
+                    .copied()
+                    .filter(|&action| self.plan.action_applies(action, &values))
+                    .map(|action| ScheduledAction {
+                        action,
+                        at: now.saturating_add(self.plan.actions[action].after.unwrap_or(0)),
+                    })
+                    .collect();
+                self.jail.remove(&Key::from_values(&values));
+                ScoreDecision::Fallback {
+                    score,
+                    trigger: Trigger {
+                        values,
+                        time: now,
+                        kind: TriggerKind::New,
+                        actions,
+                    },
+                }
+            }
+        })
     }
 
     pub fn plan(&self) -> &FilterPlan {
@@ -429,6 +525,56 @@ mod tests {
         assert!(d.is_jailed(&v("a"), 6));
         assert!(d.forget(&Key::from_values(&v("a"))));
         assert!(!d.is_jailed(&v("a"), 6));
+    }
+
+    #[test]
+    fn weighted_matches_trigger_above_and_fall_back_below() {
+        let mut p = plan(DuplicatePolicy::Extend);
+        p.retry = 1;
+        p.actions.push(action("early-unban", None));
+        let score = crate::ScorePlan {
+            threshold: 40,
+            floor: 0,
+            timeout: 3_600_000,
+            max_tracked: 100,
+        };
+        // Regex 0: a failure (+10); regex 1: a success (-5).
+        let mut d = FilterDecider::with_score(p, score, vec![10, -5], vec![2]);
+        let ip = v("192.0.2.1");
+        for n in 0..4 {
+            assert_eq!(
+                d.on_weighted_match(ip.clone(), 0, n),
+                Some(ScoreDecision::Scored {
+                    score: (n as i64 + 1) * 10
+                })
+            );
+        }
+        let Some(ScoreDecision::Trigger { score: 50, trigger }) =
+            d.on_weighted_match(ip.clone(), 0, 4)
+        else {
+            panic!("the fifth failure triggers");
+        };
+        // Ban now, unban later; not the fallback action.
+        assert_eq!(
+            trigger.actions.iter().map(|a| a.action).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert!(d.is_jailed(&ip, 5));
+        assert_eq!(
+            d.on_weighted_match(ip.clone(), 1, 5),
+            Some(ScoreDecision::Scored { score: 45 })
+        );
+        let Some(ScoreDecision::Fallback { score: 40, trigger }) =
+            d.on_weighted_match(ip.clone(), 1, 6)
+        else {
+            panic!("falling to the threshold is a fallback");
+        };
+        assert_eq!(trigger.actions, [ScheduledAction { action: 2, at: 6 }]);
+        assert!(!d.is_jailed(&ip, 7));
+        assert_eq!(
+            FilterDecider::new(plan(DuplicatePolicy::Extend)).on_weighted_match(ip, 0, 0),
+            None
+        );
     }
 
     #[test]

@@ -18,17 +18,20 @@
 //! - [`window`]: retry windows (`retry` matches within `retryperiod`).
 //! - [`decide`]: [`FilterDecider`], retry window plus duplicate policy,
 //!   turning matches into triggers and action schedules.
+//! - [`score`]: [`ScoreBoard`], weighted per-value scores with a threshold,
+//!   a floor, an idle timeout and a bound on tracked values.
 
 pub mod decide;
 pub mod duration;
 pub mod key;
 pub mod matcher;
 pub mod pattern;
+pub mod score;
 pub mod window;
 
 pub use decide::{
     ActionSpec, Decision, DuplicatePolicy, FilterDecider, FilterPlan, IpOnly, ScheduledAction,
-    Trigger, TriggerKind,
+    ScoreDecision, Trigger, TriggerKind,
 };
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use key::{Key, KeyMap};
@@ -39,6 +42,7 @@ pub use pattern::{
     GivenValueError, IgnoreReason, Pattern, PatternError, PatternKind, PatternSpec, Patterns,
     RegexError, ValueProblem, check_regex, whole_value_regex,
 };
+pub use score::{Crossing, ScoreBoard, ScorePlan, ScoreUpdate};
 pub use window::RetryWindow;
 
 /// Milliseconds since the Unix epoch: the engine's only notion of time.

@@ -141,6 +141,14 @@ pub enum Command {
         /// A line to test; without it, lines are read from stdin.
         line: Option<String>,
     },
+    /// Keep weighted per-address scores from INI rulesets and maintain an
+    /// ipset: a drop-in for ipset-score-daemon.py (`rebuff score --help`).
+    #[command(disable_help_flag = true)]
+    Score {
+        /// The score daemon's own options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the whole pipeline over old logs, in log time, without running any action.
     Replay {
         /// Configuration file or directory.

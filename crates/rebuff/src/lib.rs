@@ -8,6 +8,7 @@
 //!   positioned tree, validates it and compiles it into engine types.
 //! - [`lines`]: bounded line reading from plain or gzip'ed input.
 //! - [`replay`]: the offline decision pipeline over old logs, in log time.
+//! - [`score`]: `rebuff score`, the drop-in for the seed score daemon.
 //! - [`progress`]: the progress bar `replay` draws on a terminal.
 //! - [`daemon`]: `rebuff start`: wires the tasks below, start and stop order.
 //! - [`stream`]: stream children, merged output, matching where lines are read.
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod notify;
 pub mod progress;
 pub mod replay;
+pub mod score;
 pub mod store;
 pub mod stream;
 pub mod tracker;

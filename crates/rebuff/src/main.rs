@@ -17,6 +17,14 @@ fn main() -> ExitCode {
     if args.get(1).is_some_and(|a| a == config::jsonnet::CHILD_ARG) {
         return config::jsonnet::child_main(&args[2..]);
     }
+    // `rebuff score` parses its arguments as the seed daemon's argparse does.
+    if args.get(1).is_some_and(|a| a == "score") {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return ExitCode::from(rebuff::score::main(&rest));
+    }
     let this_program = Path::new("/proc/self/exe");
     if this_program.exists() {
         config::jsonnet::use_child_process(this_program.to_path_buf());
@@ -176,6 +184,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             out.flush()?;
             return Ok(code);
         }
+        Command::Score { args } => return Ok(ExitCode::from(rebuff::score::main(&args))),
         Command::Reload { socket } => {
             let answer = client::request(&socket, Request::Reload)?;
             if let Some(text) = answer.as_str() {

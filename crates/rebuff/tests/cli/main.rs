@@ -31,6 +31,7 @@ mod metrics;
 mod ordering;
 mod reload;
 mod replay;
+mod score;
 mod socket;
 mod store;
 mod tools;
