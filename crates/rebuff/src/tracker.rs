@@ -1823,6 +1823,7 @@ impl Tracker {
                     .map(|(name, spec)| (name.clone(), spec.after.unwrap_or(0)))
                     .collect(),
                 slots,
+                sets: kernel_sets(fs, &self.config),
                 rows: Vec::new(),
             });
         }
@@ -2197,6 +2198,31 @@ fn job(
         set_action: fs.actions[action].set_action.clone(),
         refresh: false,
     }
+}
+
+/// The kernel sets the immediate adds of a filter put addresses in, for
+/// `show`.
+fn kernel_sets(fs: &FilterState, config: &Config) -> Vec<show::KernelSets> {
+    let label = |backend: crate::config::SetBackend, name: &Arc<str>| -> Arc<str> {
+        match backend {
+            crate::config::SetBackend::Nftables => {
+                format!("nftables inet {} {name}", config.firewall.table).into()
+            }
+            crate::config::SetBackend::Ipset => format!("ipset {name}").into(),
+        }
+    };
+    fs.actions
+        .iter()
+        .enumerate()
+        .filter(|(action, _)| !fs.is_delayed(*action))
+        .filter_map(|(_, a)| a.set_action.as_ref())
+        .filter(|s| s.op == SetOp::Add)
+        .map(|s| show::KernelSets {
+            slot: s.slot,
+            v4: s.v4.as_ref().map(|n| label(s.backend, n)),
+            v6: s.v6.as_ref().map(|n| label(s.backend, n)),
+        })
+        .collect()
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -62,7 +62,20 @@ pub struct FilterRows {
     pub actions: Vec<(Arc<str>, Time)>,
     /// Value regexes by slot; an entry is shown when all match.
     pub slots: Vec<(usize, Regex)>,
+    /// The kernel sets the filter's ban puts an address in: the value slot
+    /// it takes, and the set's name for IPv4 and for IPv6 addresses
+    /// (`nftables inet reaction bansv4`). A jailed entry lists those that
+    /// hold its address under `sets`.
+    pub sets: Vec<KernelSets>,
     pub rows: Vec<Row>,
+}
+
+/// See [`FilterRows::sets`].
+#[derive(Debug, Clone)]
+pub struct KernelSets {
+    pub slot: usize,
+    pub v4: Option<Arc<str>>,
+    pub v6: Option<Arc<str>>,
 }
 
 /// What a `show` answers, copied off the tracker.
@@ -125,6 +138,7 @@ pub fn render(snapshot: Snapshot, mut sink: impl FnMut(Vec<u8>) -> bool) -> u64 
             entry(
                 &mut out,
                 &filter.actions,
+                &filter.sets,
                 &texts[start..end],
                 &filter.rows[index],
             );
@@ -185,7 +199,13 @@ fn has_content(row: &Row) -> bool {
 }
 
 /// `"values":{"matches":n,"actions":{…}}`, as `serde_json` writes it.
-fn entry(out: &mut Vec<u8>, actions: &[(Arc<str>, Time)], text: &str, row: &Row) {
+fn entry(
+    out: &mut Vec<u8>,
+    actions: &[(Arc<str>, Time)],
+    sets: &[KernelSets],
+    text: &str,
+    row: &Row,
+) {
     string(out, text);
     out.extend_from_slice(b":{");
     let mut first = true;
@@ -231,6 +251,24 @@ fn entry(out: &mut Vec<u8>, actions: &[(Arc<str>, Time)], text: &str, row: &Row)
     if opened {
         out.push(b'}');
     }
+    if opened && !sets.is_empty() {
+        let mut listed = false;
+        for set in sets {
+            let is_v6 = row.key.with_text(set.slot, |t| t.contains(':'));
+            let name = match is_v6 {
+                Some(true) => set.v6.as_ref(),
+                Some(false) => set.v4.as_ref(),
+                None => None,
+            };
+            let Some(name) = name else { continue };
+            out.extend_from_slice(if listed { b"," } else { b",\"sets\":[" });
+            listed = true;
+            string(out, name);
+        }
+        if listed {
+            out.push(b']');
+        }
+    }
     out.push(b'}');
 }
 
@@ -267,6 +305,7 @@ mod tests {
 
     fn filter(stream: &str, name: &str, rows: Vec<Row>) -> FilterRows {
         FilterRows {
+            sets: Vec::new(),
             stream: stream.into(),
             filter: name.into(),
             actions: vec![("ban".into(), 0), ("unban".into(), 3_600_000)],

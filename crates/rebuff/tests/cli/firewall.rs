@@ -238,6 +238,18 @@ fn two_thousand_bans_reach_the_kernel_with_their_timeouts() {
     wait_until("the prefixes in nets", || {
         ns.nft_has("netsv4", "203.0.113.0/24") && ns.nft_has("netsv6", "2001:db8:5::/64")
     });
+    // `show` tells which set holds an address.
+    let tree = daemon.show(&[]);
+    assert_eq!(
+        tree["ssh"]["failed"][v4(1).as_str()]["sets"],
+        serde_json::json!(["nftables inet reaction bansv4"]),
+        "{}",
+        tree["ssh"]["failed"][v4(1).as_str()]
+    );
+    assert_eq!(
+        tree["ssh"]["failed"][v6(7).as_str()]["sets"],
+        serde_json::json!(["nftables inet reaction bansv6"])
+    );
     let ruleset = ns.run(&["nft", "list", "table", "inet", "reaction"]);
     assert!(ruleset.contains("flags interval,timeout"), "{ruleset}");
     assert!(ruleset.contains("ip saddr @bansv4 drop"), "{ruleset}");
