@@ -20,13 +20,22 @@
 # - restore_s: after a stop (SIGTERM), from the restart to its "state
 #   restored" log line; ready_s: to the first answered trigger;
 #   rss_restored_kib: VmRSS then.
+# With NFT=1 (root), the ban and unban are `type: nftables` actions and the
+# daemon runs in a network namespace of its own; kernel_restored_s is then
+# the time from the restart until every ban is back in the kernel set (the
+# writer's "set operations applied" lines add up to N).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-$here/../target/release/rebuff}
 n=${N:-100000}
 work=$(mktemp -d)
 pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  wait 2>/dev/null
+  [ -z "${ns:-}" ] || ip netns del "$ns"
+  rm -rf "$work"
+}
 trap cleanup EXIT
 [ -x "$bin" ] || { echo "no rebuff binary at $bin (cargo build --release)" >&2; exit 1; }
 
@@ -43,7 +52,24 @@ with open(path, "w") as f:
     f.write("fail 192.0.2.254\n")
 PY
 ban=
-if [ "${BAN:-0}" = 1 ]; then
+unban="          unban:
+            cmd: ['true']
+            after: 1d"
+wrap=
+level=INFO
+if [ "${NFT:-0}" = 1 ]; then
+  ns=rebuff-jail-$$
+  ip netns add "$ns"
+  wrap="ip netns exec $ns"
+  level=DEBUG
+  ban="          ban:
+            type: nftables
+            options: {set: bans, action: add}"
+  unban="          unban:
+            type: nftables
+            options: {set: bans, action: delete}
+            after: 1d"
+elif [ "${BAN:-0}" = 1 ]; then
   ban="          ban:
             cmd: ['true']"
 fi
@@ -61,9 +87,7 @@ streams:
         regex: ['^fail <ip>\$']
         actions:
 $ban
-          unban:
-            cmd: ['true']
-            after: 1d
+$unban
 YAML
 sock=$work/sock
 ms() { date +%s%3N; }
@@ -77,7 +101,7 @@ wait_log() { # pattern timeout_s
 }
 start() {
   : > "$work/log"
-  "$bin" start -c "$work/jail.yml" -s "$sock" > "$work/log" 2>&1 &
+  $wrap "$bin" start -l "$level" -c "$work/jail.yml" -s "$sock" > "$work/log" 2>&1 &
   pid=$!
 }
 stop() { kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
@@ -143,6 +167,16 @@ until [ -S "$sock" ]; do sleep 0.05; done
 trig 198.51.100.250 > /dev/null
 t2=$(ms)
 echo "ready_s $(awk -v a="$t0" -v b="$t2" 'BEGIN { printf "%.2f", (b - a) / 1000 }')"
+if [ -n "$wrap" ]; then
+  applied() {
+    grep -o 'operations=[0-9]* failed=[0-9]*' "$work/log" \
+      | awk -F'[= ]' '{ s += $2 - $4 } END { print s + 0 }'
+  }
+  until [ "$(applied)" -ge "$n" ]; do sleep 0.05; done
+  t3=$(ms)
+  echo "kernel_restored_s $(awk -v a="$t0" -v b="$t3" 'BEGIN { printf "%.2f", (b - a) / 1000 }')"
+  echo "kernel_elements $($wrap nft list set inet reaction bansv4 | grep -o ',' | wc -l) v4 (commas)"
+fi
 sleep 1
 echo "rss_restored_kib $(field VmRSS)"
 echo "hwm_restored_kib $(field VmHWM)"
