@@ -482,6 +482,9 @@ impl Executor {
         };
         match (request, firewall) {
             (Ok(mut request), Some(firewall)) => {
+                // Logged already; a queued request need not carry it.
+                let mut job = job;
+                job.argv = Vec::new();
                 if job.refresh {
                     let margin = job.set_action.as_ref().map_or(0, |a| a.kernel_margin_ms);
                     request.refresh_slack_ms = Some(margin / 2);

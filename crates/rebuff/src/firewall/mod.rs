@@ -52,6 +52,9 @@ pub use element::Element;
 /// The most element operations in one program run.
 pub const MAX_BATCH: usize = 20_000;
 
+/// The most elements in one nft command.
+const NFT_GROUP: usize = 5_000;
+
 /// How long the writer waits for more requests after the first one of a
 /// batch: a burst of bans becomes one program run.
 const LINGER: Duration = Duration::from_millis(5);
@@ -586,17 +589,25 @@ impl Writer {
         match backend {
             SetBackend::Nftables => {
                 let table = &self.config.table;
-                for op in ops {
-                    match op.op {
-                        SetOp::Add => nft::add(
-                            &mut script,
-                            table,
-                            &op.set,
-                            op.element,
-                            op.timeout_ms.map(timeout_seconds),
-                        ),
-                        SetOp::Delete => nft::delete(&mut script, table, &op.set, op.element),
+                // Runs of the same operation on the same set (and timeout)
+                // become one command; their order is kept.
+                let mut group: Vec<Element> = Vec::new();
+                for (i, op) in ops.iter().enumerate() {
+                    group.push(op.element);
+                    let timeout = op.timeout_ms.map(timeout_seconds);
+                    let same_as_next = ops.get(i + 1).is_some_and(|next| {
+                        next.op == op.op
+                            && next.set == op.set
+                            && next.timeout_ms.map(timeout_seconds) == timeout
+                    });
+                    if same_as_next && group.len() < NFT_GROUP {
+                        continue;
                     }
+                    match op.op {
+                        SetOp::Add => nft::add(&mut script, table, &op.set, &group, timeout),
+                        SetOp::Delete => nft::delete(&mut script, table, &op.set, &group),
+                    }
+                    group.clear();
                 }
                 run_program("nft", &["-f", "-"], Some(script)).await?;
             }

@@ -80,27 +80,41 @@ pub fn teardown_script(config: &FirewallConfig) -> String {
     format!("delete table inet {}\n", config.table)
 }
 
-/// Appends the lines adding `element` (with a timeout in seconds, if any).
-/// An element already there gets its expiry reset: the kernel updates it
-/// only when the timeout differs or `expires` is given, so both are.
-pub fn add(out: &mut String, table: &str, set: &str, element: Element, timeout_s: Option<u64>) {
-    match timeout_s {
-        Some(s) => {
-            let _ = writeln!(
-                out,
-                "add element inet {table} {set} {{ {element} timeout {s}s expires {s}s }}"
-            );
+/// Appends the line adding `elements` (with a timeout in seconds, if
+/// any): one command for many elements costs nft a quarter of one line
+/// each. An element already there gets its expiry reset: the kernel
+/// updates it only when the timeout differs or `expires` is given, so both
+/// are.
+pub fn add(out: &mut String, table: &str, set: &str, elements: &[Element], timeout_s: Option<u64>) {
+    let _ = write!(out, "add element inet {table} {set} {{ ");
+    for (i, element) in elements.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
         }
-        None => {
-            let _ = writeln!(out, "add element inet {table} {set} {{ {element} }}");
+        match timeout_s {
+            Some(s) => {
+                let _ = write!(out, "{element} timeout {s}s expires {s}s");
+            }
+            None => {
+                let _ = write!(out, "{element}");
+            }
         }
     }
+    out.push_str(" }\n");
 }
 
-/// Appends the lines deleting `element`, whether or not it is present.
-pub fn delete(out: &mut String, table: &str, set: &str, element: Element) {
-    let _ = writeln!(out, "add element inet {table} {set} {{ {element} }}");
-    let _ = writeln!(out, "delete element inet {table} {set} {{ {element} }}");
+/// Appends the lines deleting `elements`, whether or not they are
+/// present.
+pub fn delete(out: &mut String, table: &str, set: &str, elements: &[Element]) {
+    add(out, table, set, elements, None);
+    let _ = write!(out, "delete element inet {table} {set} {{ ");
+    for (i, element) in elements.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{element}");
+    }
+    out.push_str(" }\n");
 }
 
 /// What a set declares, from `nft -j list set` (enough to tell whether an
@@ -292,23 +306,18 @@ mod tests {
             &mut out,
             "reaction",
             "bansv4",
-            Element::parse("192.0.2.1").expect("192.0.2.1"),
+            &[Element::parse("192.0.2.1").expect("192.0.2.1")],
         );
         assert_eq!(
             out,
             "add element inet reaction bansv4 { 192.0.2.1 }\ndelete element inet reaction bansv4 { 192.0.2.1 }\n"
         );
         let mut out = String::new();
-        add(
-            &mut out,
-            "t",
-            "s",
-            Element::parse("2001:db8::/64").expect("2001:db8::/64"),
-            Some(3600),
-        );
+        let elements = ["2001:db8::/64", "2001:db8:1::/64"].map(|e| Element::parse(e).expect(e));
+        add(&mut out, "t", "s", &elements, Some(3600));
         assert_eq!(
             out,
-            "add element inet t s { 2001:db8::/64 timeout 3600s expires 3600s }\n"
+            "add element inet t s { 2001:db8::/64 timeout 3600s expires 3600s, 2001:db8:1::/64 timeout 3600s expires 3600s }\n"
         );
     }
 
