@@ -39,6 +39,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod exec;
+pub mod geo;
 pub mod lines;
 pub mod log;
 pub mod metrics;
