@@ -17,12 +17,14 @@
 //! - [`decide`]: [`FilterDecider`], retry window plus duplicate policy,
 //!   turning matches into triggers and action schedules.
 
+pub mod country;
 pub mod decide;
 pub mod duration;
 pub mod matcher;
 pub mod pattern;
 pub mod window;
 
+pub use country::{Country, CountryLookup, CountryRule};
 pub use decide::{
     ActionSpec, Decision, DuplicatePolicy, FilterDecider, FilterPlan, IpOnly, ScheduledAction,
     Trigger, TriggerKind,

@@ -215,3 +215,20 @@ pub struct ExecStats {
     /// Actions waiting for a free slot now.
     pub queued: AtomicU64,
 }
+
+/// Established TCP connections by remote country, counted at scrape time
+/// (`geo::tcp`) and rendered by the metrics module.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpSnapshot {
+    /// (country code or `unknown`, state name or empty, connections),
+    /// sorted.
+    pub rows: Vec<(String, &'static str, u64)>,
+    /// Whether rows carry a `state` label.
+    pub state_label: bool,
+    /// Sockets looked at.
+    pub scanned: u64,
+    /// Counting stopped at the bound on sockets per scrape.
+    pub truncated: bool,
+    /// The socket tables (or the host's addresses) could not be read.
+    pub failed: bool,
+}

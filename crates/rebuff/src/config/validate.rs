@@ -36,6 +36,7 @@ const TOP_KEYS: &[&str] = &[
     "state_rotation_interval",
     "plugins",
     "metrics",
+    "geoip",
     DEFINITIONS,
 ];
 /// reaction's example configuration keeps its YAML anchors under this key
@@ -50,6 +51,8 @@ const PATTERN_KEYS: &[&str] = &[
     "ignorecidr",
     "ipv4mask",
     "ipv6mask",
+    "ignorecountry",
+    "onlycountry",
 ];
 const STREAM_KEYS: &[&str] = &["cmd", "filters", "type", "options"];
 const FILTER_KEYS: &[&str] = &[
@@ -130,6 +133,7 @@ pub fn to_json(node: &Node) -> serde_json::Value {
     }
 }
 
+mod geoip;
 mod metrics;
 
 pub use metrics::DEFAULT_LISTEN;
@@ -172,6 +176,8 @@ struct Checker {
     /// Which stream sends lines to which virtual stream, with where it
     /// says so, for the cycle check.
     virtual_edges: Vec<VirtualEdge>,
+    /// The `geoip` section, read before the patterns that use it.
+    geoip: Option<super::GeoipConfig>,
 }
 
 /// A virtual action of stream `from` sends its lines to stream `to`.
@@ -551,6 +557,7 @@ impl Checker {
         let entries = self.map(root, "", "a map at the top level")?;
         self.known_keys(entries, "", TOP_KEYS);
 
+        self.geoip = get(entries, "geoip").and_then(|n| self.geoip(n));
         let patterns = self.patterns(entries, root);
         if let Some(node) = get(entries, "plugins") {
             self.plugins(node);
@@ -582,6 +589,7 @@ impl Checker {
             concurrency,
             state_rotation_interval,
             metrics,
+            geoip: self.geoip.take(),
             warnings: std::mem::take(&mut self.warnings),
         })
     }
@@ -736,7 +744,7 @@ impl Checker {
             ipv6_mask,
         };
         match Pattern::compile(spec) {
-            Ok(pattern) => Some(pattern),
+            Ok(pattern) => self.pattern_countries(entries, path, kind, pattern),
             Err(e) => {
                 let at = match &e {
                     PatternError::MissingRegex => None,
@@ -1608,6 +1616,17 @@ impl Checker {
                     parts.push(ArgPart::Text(text[last..range.start].to_owned()));
                 }
                 parts.push(ArgPart::Value(slot));
+                last = range.end;
+            } else if word == "country" && patterns.get(word).is_none() {
+                // `<country>`: the country of the filter's first ip value.
+                let Some(part) = self.country_part(loc, path, filter_patterns, patterns) else {
+                    ok &= !regexes_valid || self.geoip.is_none();
+                    continue;
+                };
+                if range.start > last {
+                    parts.push(ArgPart::Text(text[last..range.start].to_owned()));
+                }
+                parts.push(part);
                 last = range.end;
             } else if regexes_valid && patterns.get(word).is_some() {
                 let captured: BTreeSet<&str> = filter_patterns.iter().map(String::as_str).collect();

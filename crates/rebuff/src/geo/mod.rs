@@ -1,4 +1,356 @@
-//! GeoIP: the country of an address, from a local MMDB file.
+//! GeoIP: the country of an address, from a local MMDB file, and the
+//! established TCP connections by remote country.
 //!
+//! [`Geo`] owns the database in force. It is opened and checked when the
+//! configuration loads (`config/validate/geoip.rs` calls [`Geo::open`]), so
+//! a missing, empty, truncated or malformed file is a configuration error
+//! naming the file. It answers [`CountryLookup`], the engine's question, so
+//! pattern rules (`ignorecountry`, `onlycountry`) are evaluated inside the
+//! engine's value acceptance, the one place every matcher caller (stream
+//! threads, virtual streams, `replay`, `test-regex`) goes through.
+//!
+//! The file is watched without a task of its own: a lookup reads a clock
+//! and, at most once per `check_interval`, compares the file's identity
+//! (device, inode, size, mtime) with the loaded one. A change starts a
+//! loader thread; lookups keep using the old database until the new one is
+//! parsed and checked, and an invalid new file keeps the old one (logged).
+//!
+//! # Layout
 //! - [`mmdb`]: the MaxMind DB reader (hardened against hostile files).
+//! - [`tcp`]: established TCP connections by remote country, at scrape time.
+
 pub mod mmdb;
+pub mod tcp;
+
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use rebuff_engine::{Country, CountryLookup};
+
+use self::mmdb::Mmdb;
+
+/// Why a database cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("{path}: cannot read the GeoIP database: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a usable GeoIP database: {source}")]
+    Invalid {
+        path: PathBuf,
+        source: mmdb::MmdbError,
+    },
+    #[error("{path}: the GeoIP database is larger than {max} bytes")]
+    TooLarge { path: PathBuf, max: u64 },
+}
+
+/// What identifies one version of the file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        })
+    }
+}
+
+/// Reads and checks a database file.
+pub fn read_database(path: &Path) -> Result<Mmdb, GeoError> {
+    let read_err = |source| GeoError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(read_err(std::io::Error::other("not a regular file")));
+    }
+    if meta.len() > mmdb::MAX_FILE_BYTES {
+        return Err(GeoError::TooLarge {
+            path: path.to_owned(),
+            max: mmdb::MAX_FILE_BYTES,
+        });
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    Mmdb::parse(bytes).map_err(|source| GeoError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The database in force and how to notice a new one.
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    /// Map keys from the record's root to the country code.
+    field: Vec<String>,
+    current: RwLock<Arc<Mmdb>>,
+    loaded: Mutex<Option<FileId>>,
+    started: Instant,
+    interval_ms: u64,
+    /// Milliseconds after `started` when the file is next looked at.
+    next_check_ms: AtomicU64,
+    loading: AtomicBool,
+}
+
+/// A GeoIP database, shared by every thread that asks for countries.
+#[derive(Debug, Clone)]
+pub struct Geo {
+    inner: Arc<Inner>,
+}
+
+impl Geo {
+    /// Opens and checks `path`; `field` is the dotted path of the country
+    /// code in a record (`country.iso_code`, or `country_code` in flat
+    /// databases); the file is looked at for changes at most every
+    /// `interval_ms` (0: never).
+    pub fn open(path: &Path, field: &str, interval_ms: u64) -> Result<Geo, GeoError> {
+        let id = FileId::of(path);
+        let db = read_database(path)?;
+        Ok(Geo::with_database(path, field, interval_ms, db, id))
+    }
+
+    fn with_database(
+        path: &Path,
+        field: &str,
+        interval_ms: u64,
+        db: Mmdb,
+        id: Option<FileId>,
+    ) -> Geo {
+        Geo {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                field: field.split('.').map(str::to_owned).collect(),
+                current: RwLock::new(Arc::new(db)),
+                loaded: Mutex::new(id),
+                started: Instant::now(),
+                interval_ms,
+                next_check_ms: AtomicU64::new(interval_ms),
+                loading: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The database in force.
+    pub fn database(&self) -> Arc<Mmdb> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The country of `addr` in the database in force, without looking at
+    /// the file.
+    pub fn lookup(&self, addr: IpAddr) -> Option<Country> {
+        let db = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        country_in(&db, &self.inner.field, addr)
+    }
+
+    /// Looks at the file if its check is due; a changed file is loaded on
+    /// a thread of its own.
+    fn maybe_refresh(&self) {
+        let inner = &self.inner;
+        if inner.interval_ms == 0 {
+            return;
+        }
+        let now = inner.started.elapsed().as_millis() as u64;
+        let due = inner.next_check_ms.load(Ordering::Relaxed);
+        if now < due
+            || inner
+                .next_check_ms
+                .compare_exchange(
+                    due,
+                    now + inner.interval_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        self.refresh_in_background();
+    }
+
+    fn refresh_in_background(&self) {
+        if self.inner.loading.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let geo = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rebuff-geoip".into())
+            .spawn(move || {
+                geo.refresh();
+                geo.inner.loading.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.inner.loading.store(false, Ordering::Release);
+        }
+    }
+
+    /// Reloads the file now if it changed on disk; returns whether a new
+    /// database is in force. An invalid new file keeps the old database.
+    pub fn refresh(&self) -> bool {
+        let inner = &self.inner;
+        let id = FileId::of(&inner.path);
+        {
+            let loaded = inner.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+            if id.is_none() || *loaded == id {
+                return false;
+            }
+        }
+        let result = read_database(&inner.path);
+        // Whatever the outcome, this version of the file was looked at: an
+        // invalid file is reported once, not at every check.
+        *inner.loaded.lock().unwrap_or_else(PoisonError::into_inner) = id;
+        match result {
+            Ok(db) => {
+                tracing::info!(
+                    path = %inner.path.display(),
+                    database_type = db.database_type(),
+                    nodes = db.node_count(),
+                    "GeoIP database reloaded"
+                );
+                *inner
+                    .current
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(db);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the new GeoIP database is invalid; keeping the previous one");
+                false
+            }
+        }
+    }
+}
+
+impl CountryLookup for Geo {
+    fn country(&self, addr: IpAddr) -> Option<Country> {
+        self.maybe_refresh();
+        self.lookup(addr)
+    }
+}
+
+/// The country of `addr` in `db` at `field`.
+pub fn country_in(db: &Mmdb, field: &[String], addr: IpAddr) -> Option<Country> {
+    let record = db.lookup(addr)?;
+    let mut path: [&str; 8] = [""; 8];
+    let n = field.len().min(path.len());
+    for (slot, key) in path.iter_mut().zip(field) {
+        *slot = key;
+    }
+    Country::from_code(db.text_at(record, &path[..n])?)
+}
+
+/// The country of a pattern value as `<country>` and reports show it: the
+/// ISO code, or an empty string when unknown.
+pub fn country_text(lookup: &dyn CountryLookup, value: &str) -> String {
+    lookup
+        .country_of_value(value)
+        .map(|c| c.to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mmdb::writer::{Value, Writer};
+    use super::*;
+
+    fn write_db(path: &Path, entries: &[(&str, Value)]) {
+        let mut w = Writer::new(6, 24);
+        for (net, value) in entries {
+            w.insert(net, value.clone());
+        }
+        std::fs::write(path, w.build()).expect("write");
+    }
+
+    fn code(geo: &Geo, addr: &str) -> Option<String> {
+        geo.lookup(addr.parse().expect("addr"))
+            .map(|c| c.to_string())
+    }
+
+    #[test]
+    fn country_city_and_flat_shapes_give_the_code_at_their_field() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.mmdb");
+        write_db(
+            &path,
+            &[
+                ("192.0.2.0/24", Value::country_record("FR")),
+                ("198.51.100.0/24", Value::city_record("de")),
+                ("2001:db8::/32", Value::country_record("JP")),
+            ],
+        );
+        let geo = Geo::open(&path, "country.iso_code", 0).expect("open");
+        assert_eq!(code(&geo, "192.0.2.1").as_deref(), Some("FR"));
+        assert_eq!(code(&geo, "198.51.100.1").as_deref(), Some("DE"));
+        assert_eq!(code(&geo, "2001:db8::5").as_deref(), Some("JP"));
+        assert_eq!(code(&geo, "203.0.113.1"), None);
+        write_db(&path, &[("192.0.2.0/24", Value::flat_record("BR"))]);
+        let flat = Geo::open(&path, "country_code", 0).expect("open");
+        assert_eq!(code(&flat, "192.0.2.1").as_deref(), Some("BR"));
+        let wrong_field = Geo::open(&path, "country.iso_code", 0).expect("open");
+        assert_eq!(code(&wrong_field, "192.0.2.1"), None);
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.mmdb");
+        let e = Geo::open(&missing, "country.iso_code", 0).expect_err("missing");
+        assert!(e.to_string().contains("missing.mmdb"), "{e}");
+        let empty = dir.path().join("empty.mmdb");
+        std::fs::write(&empty, b"").expect("write");
+        let e = Geo::open(&empty, "country.iso_code", 0).expect_err("empty");
+        assert!(
+            e.to_string().contains("empty.mmdb") && e.to_string().contains("empty"),
+            "{e}"
+        );
+        let e = Geo::open(dir.path(), "country.iso_code", 0).expect_err("a directory");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_file_is_reloaded_and_an_invalid_one_keeps_the_old() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.mmdb");
+        write_db(&path, &[("192.0.2.0/24", Value::country_record("FR"))]);
+        let geo = Geo::open(&path, "country.iso_code", 0).expect("open");
+        assert!(!geo.refresh(), "unchanged");
+        // A new file (new inode: written beside and renamed, as updaters do).
+        let next = dir.path().join("next.mmdb");
+        write_db(&next, &[("192.0.2.0/24", Value::country_record("IT"))]);
+        std::fs::rename(&next, &path).expect("rename");
+        assert!(geo.refresh());
+        assert_eq!(code(&geo, "192.0.2.1").as_deref(), Some("IT"));
+        std::fs::write(&next, b"garbage").expect("write");
+        std::fs::rename(&next, &path).expect("rename");
+        assert!(!geo.refresh());
+        assert_eq!(code(&geo, "192.0.2.1").as_deref(), Some("IT"));
+    }
+}

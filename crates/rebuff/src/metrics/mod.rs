@@ -95,12 +95,13 @@ pub enum Ignored {
     Duplicate,
 }
 
-const IGNORED_REASONS: [&str; 5] = [
+const IGNORED_REASONS: [&str; 6] = [
     "ignore",
     "ignoreregex",
     "ignorecidr",
     "not_an_ip",
     "duplicate",
+    "country",
 ];
 
 impl Ignored {
@@ -111,6 +112,7 @@ impl Ignored {
             Ignored::Pattern(IgnoreReason::Cidr) => 2,
             Ignored::Pattern(IgnoreReason::NotAnIp) => 3,
             Ignored::Duplicate => 4,
+            Ignored::Pattern(IgnoreReason::Country) => 5,
         }
     }
 }
@@ -189,7 +191,7 @@ pub struct StreamCounters {
 #[derive(Debug, Default)]
 struct FilterCounters {
     matches: AtomicU64,
-    ignored: [AtomicU64; 5],
+    ignored: [AtomicU64; IGNORED_REASONS.len()],
     triggers: AtomicU64,
 }
 
