@@ -1599,7 +1599,9 @@ impl Tracker {
         for selected in self.selected(selection)? {
             let fid = selected.fid;
             for values in self.selected_keys(&selected, now) {
-                if let Some(entry) = self.entry(fid, &values, now) {
+                if let Some(mut entry) = self.entry(fid, &values, now) {
+                    let names = &self.filters[fid].pattern_names;
+                    crate::geo::show_country(&self.config, names, &values, &mut entry);
                     Self::insert_entry(&mut tree, &self.filters[fid], &values, entry);
                 }
             }

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
-use rebuff_engine::{Country, CountryLookup};
+use rebuff_engine::{Country, CountryLookup, Patterns};
 
 use self::mmdb::Mmdb;
 
@@ -274,6 +274,40 @@ pub fn country_text(lookup: &dyn CountryLookup, value: &str) -> String {
         .country_of_value(value)
         .map(|c| c.to_string())
         .unwrap_or_default()
+}
+
+/// The value slot of `filter` whose country stands for the trigger (in
+/// `<country>`, replay records, `show`, metrics): its first ip-typed value.
+pub fn country_slot(patterns: &Patterns, filter: &crate::config::Filter) -> Option<usize> {
+    slot_of_names(patterns, &filter.pattern_names)
+}
+
+fn slot_of_names(patterns: &Patterns, names: &[String]) -> Option<usize> {
+    names
+        .iter()
+        .position(|name| patterns.get(name).is_some_and(|(_, p)| p.kind().is_ip()))
+}
+
+/// Adds `country` (the ISO code, empty when unknown) to a `show` entry of
+/// a filter capturing `pattern_names`, when `geoip` is configured and the
+/// filter captures an address.
+pub fn show_country(
+    config: &crate::config::Config,
+    pattern_names: &[String],
+    values: &[String],
+    entry: &mut serde_json::Value,
+) {
+    let Some(geoip) = &config.geoip else { return };
+    let Some(value) = slot_of_names(&config.patterns, pattern_names).and_then(|s| values.get(s))
+    else {
+        return;
+    };
+    if let serde_json::Value::Object(map) = entry {
+        map.insert(
+            "country".into(),
+            serde_json::Value::String(country_text(&geoip.geo, value)),
+        );
+    }
 }
 
 #[cfg(test)]

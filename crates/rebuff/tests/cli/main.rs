@@ -25,7 +25,10 @@ mod daemon;
 mod dashboards;
 mod demo;
 mod exporter_compat;
+mod geoip;
 mod metrics;
+#[path = "../support/mmdb_writer.rs"]
+mod mmdb_writer;
 mod ordering;
 mod reload;
 mod replay;
