@@ -1025,7 +1025,7 @@ impl Tracker {
     fn on_trigger(&mut self, fid: usize, trigger: Trigger) {
         if trigger.kind != TriggerKind::Extend {
             self.report.triggers += 1;
-            self.metrics.trigger(fid);
+            self.metrics.trigger_values(fid, &trigger.values);
         }
         let fs = &self.filters[fid];
         let (delayed, immediate): (Vec<usize>, Vec<usize>) = trigger
@@ -1410,6 +1410,7 @@ impl Tracker {
             jailed: vec![0; self.filters.len()],
             keys: Vec::new(),
             metrics: Some(self.metrics.clone()),
+            tcp: None,
         };
         for fs in &self.filters {
             for (values, triggers) in &fs.jail {

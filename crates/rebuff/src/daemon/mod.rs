@@ -387,7 +387,15 @@ fn render_fn(
             // The snapshot's indices are those of the tracker's counters,
             // which a reload may have replaced meanwhile.
             let metrics = snapshot.metrics.clone().unwrap_or(metrics);
+            let mut snapshot = snapshot;
             let body = tokio::task::spawn_blocking(move || {
+                // Counted here, off the tracker: the socket tables are the
+                // kernel's, not state the tracker owns.
+                if let Some(geoip) = metrics.tcp_connections()
+                    && let Some(tcp) = &geoip.tcp
+                {
+                    snapshot.tcp = Some(crate::geo::tcp::collect(&geoip.geo, tcp));
+                }
                 metrics.render(format, &snapshot, executor.stats())
             })
             .await

@@ -363,3 +363,100 @@ fn a_running_daemon_fills_country_applies_onlycountry_shows_it_and_reloads_the_d
     let out = daemon.stop();
     assert!(out.contains("GeoIP database reloaded"), "{out}");
 }
+
+/// `GET /metrics` over plain HTTP/1.0; the body.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// The value of the sample `series` (name and labels as written).
+pub fn sample(body: &str, series: &str) -> Option<u64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_country_label_is_opt_in_and_tcp_connections_are_served_with_metrics() {
+    let site = Site::new();
+    write_database(&site.path("geo.mmdb"), "country", 24, false);
+    let port = free_port();
+    let base = DAEMON.replace("    onlycountry: [FR, DE]\n", "");
+    site.config(&format!(
+        "{base}metrics:\n  listen: 127.0.0.1:{port}\n  export:\n    pattern_matches: {{extra: true}}\n"
+    ));
+    let daemon = site.start();
+    site.log_lines(&[failed_login("192.0.2.8"), failed_login("192.0.2.8")]);
+    wait_until("the ban", || site.actions().len() == 1);
+    let body = scrape(port);
+    assert_eq!(
+        sample(
+            &body,
+            "rebuff_triggers_total{stream=\"ssh\",filter=\"failed\"}"
+        ),
+        Some(1),
+        "no country label unless asked:\n{body}"
+    );
+    assert!(!body.contains("country=\"FR\""), "{body}");
+    // Loopback (the scrape itself) is left out by default.
+    assert!(
+        body.contains("# TYPE rebuff_tcp_connections gauge"),
+        "{body}"
+    );
+    assert!(!body.contains("rebuff_tcp_connections{"), "{body}");
+    drop(daemon);
+
+    site.config(&format!(
+        "{}metrics:\n  listen: 127.0.0.1:{port}\n  export:\n    pattern_matches: {{extra: true}}\n",
+        base.replace(
+            "  check_interval: 1s\n",
+            "  check_interval: 1s\n  label: true\n  tcp_connections:\n    include_local: true\n"
+        )
+    ));
+    let _ = std::fs::remove_dir_all(site.path("state"));
+    let daemon = site.start();
+    site.log_lines(&[failed_login("198.51.100.3"), failed_login("198.51.100.3")]);
+    wait_until("the bans", || site.actions().len() == 2);
+    let body = scrape(port);
+    let triggers = |country: &str| {
+        sample(
+            &body,
+            &format!(
+                "rebuff_triggers_total{{stream=\"ssh\",filter=\"failed\",country=\"{country}\"}}"
+            ),
+        )
+    };
+    // The log is read again from its start: 192.0.2.8 triggers again.
+    assert_eq!(
+        (triggers("FR"), triggers("DE")),
+        (Some(1), Some(1)),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "rebuff_pattern_matches_total{stream=\"ssh\",filter=\"failed\",ip=\"198.51.100.3\",country=\"DE\"}"
+        ),
+        Some(2),
+        "{body}"
+    );
+    // Loopback counted when asked, in the bucket of addresses without a
+    // country: at least this scrape's own connection.
+    let unknown = sample(&body, "rebuff_tcp_connections{country=\"unknown\"}");
+    assert!(unknown.is_some_and(|n| n >= 1), "{body}");
+    drop(daemon);
+}
