@@ -1518,6 +1518,7 @@ streams:
                 actions: vec![1],
             }],
             metrics: None,
+            tcp: None,
         };
         let body = m.render(Format::Prometheus, &pending, &ExecStats::default());
         let text = String::from_utf8(body).expect("utf-8");
