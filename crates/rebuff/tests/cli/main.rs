@@ -26,6 +26,7 @@ mod dashboards;
 mod demo;
 mod exporter_compat;
 mod geoip;
+mod geoip_netns;
 mod metrics;
 #[path = "../support/mmdb_writer.rs"]
 mod mmdb_writer;
