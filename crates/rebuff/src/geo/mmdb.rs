@@ -228,6 +228,27 @@ impl Mmdb {
         }
     }
 
+    /// One record of a node (`side` 0 left, 1 right), for walks outside
+    /// this module.
+    pub(crate) fn child(&self, node: u32, side: usize) -> u32 {
+        self.record(node, side)
+    }
+
+    /// The node (or record value) where IPv4 addresses start.
+    pub(crate) fn ipv4_start(&self) -> u32 {
+        self.ipv4_start
+    }
+
+    /// The data record a record value points to, if it points to one.
+    pub(crate) fn record_of(&self, value: u32) -> Option<Record> {
+        if value <= self.node_count {
+            return None;
+        }
+        ((value - self.node_count) as usize)
+            .checked_sub(SEPARATOR)
+            .map(Record)
+    }
+
     fn find_ipv4_start(&self) -> u32 {
         if self.ip_version == 4 {
             return 0;

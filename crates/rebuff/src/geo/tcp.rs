@@ -260,7 +260,6 @@ pub fn collect(geo: &Geo, config: &TcpConnectionsConfig) -> TcpSnapshot {
         1 << TCP_ESTABLISHED
     };
     let db = geo.database();
-    let field: Vec<&str> = geo.inner.field.iter().map(String::as_str).collect();
     let mut counts: HashMap<(Option<Country>, u8), u64> = HashMap::new();
     let mut seen = 0usize;
     let result = sockets(states, |socket| {
@@ -276,10 +275,7 @@ pub fn collect(geo: &Geo, config: &TcpConnectionsConfig) -> TcpSnapshot {
         if remote.is_unspecified() || config.exclude.iter().any(|net| net.contains(&remote)) {
             return true;
         }
-        let country = db
-            .lookup(remote)
-            .and_then(|record| db.text_at(record, &field))
-            .and_then(Country::from_code);
+        let country = db.country(remote);
         let state = if config.state { socket.state } else { 0 };
         *counts.entry((country, state)).or_default() += 1;
         true

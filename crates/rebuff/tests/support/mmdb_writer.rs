@@ -209,11 +209,23 @@ impl Writer {
 
     /// Maps `cidr` (IPv4 or IPv6) to `value`.
     pub fn insert(&mut self, cidr: &str, value: Value) {
+        let offset = self.write(&value);
+        self.insert_at(cidr, offset);
+    }
+
+    /// Writes `value` once, for many networks to share (as real databases
+    /// share one record per country).
+    pub fn shared(&mut self, value: &Value) -> usize {
+        self.write(value)
+    }
+
+    /// Maps `cidr` to a value written by [`Writer::shared`]. A network
+    /// inserted over a longer one replaces it.
+    pub fn insert_at(&mut self, cidr: &str, offset: usize) {
         let (bits, len) = self.bits(cidr);
         assert!(len > 0, "a network of prefix length 0 is not supported");
         let parent = self.node_at(bits, len - 1);
         let bit = ((bits >> (128 - len)) & 1) as usize;
-        let offset = self.write(&value);
         self.nodes[parent][bit] = Child::Data(offset);
     }
 
@@ -225,6 +237,23 @@ impl Writer {
         let parent = self.node_at(mapped, 95);
         let bit = ((mapped >> 32) & 1) as usize;
         self.nodes[parent][bit] = Child::Node(v4);
+    }
+
+    /// Replaces the tree with a chain of `depth` nodes whose two records
+    /// both lead to the next node: 2^depth paths through `depth` nodes, the
+    /// last ones ending at `value`.
+    pub fn tangle(&mut self, depth: usize, value: Value) {
+        let offset = self.write(&value);
+        self.nodes = (0..depth)
+            .map(|i| {
+                let next = if i + 1 == depth {
+                    Child::Data(offset)
+                } else {
+                    Child::Node(i + 1)
+                };
+                [next, next]
+            })
+            .collect();
     }
 
     fn control(out: &mut Vec<u8>, kind: u8, size: usize) {
