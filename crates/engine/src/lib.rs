@@ -12,6 +12,9 @@
 //! - [`duration`]: reaction's duration grammar (`10 secs`, `30m`, `1day`).
 //! - [`pattern`]: `<name>` patterns: regexes, ip/ipv4/ipv6 types, ignore
 //!   lists, CIDR ignores, masks, value normalisation.
+//! - [`country`]: ISO 3166-1 alpha-2 codes, `ignorecountry`/`onlycountry`
+//!   rules and the [`CountryLookup`] they ask (answered from memory by the
+//!   binary's GeoIP database; no I/O here).
 //! - [`matcher`]: [`StreamMatcher`], every filter of a stream in one pass.
 //! - [`window`]: retry windows (`retry` matches within `retryperiod`).
 //! - [`decide`]: [`FilterDecider`], retry window plus duplicate policy,

@@ -104,7 +104,7 @@ fn lookup(path: Option<&str>) {
         "database: {} bytes, {} nodes, flat table: {}",
         std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
         db.mmdb.node_count(),
-        db.has_table()
+        db.build_table()
     );
     let mut rng = Rng(7);
     let n = 1_000_000;
@@ -232,53 +232,38 @@ fn scrape(rebuff: &str, connections: usize) {
     }
     ip(&["-n", srv, "link", "set", "rbbs", "up"]);
     ip(&["-n", cli, "link", "set", "rbbc", "up"]);
-    let limit = (connections as u64) * 3 + 1024;
-    rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: Some(limit),
-            maximum: Some(limit),
-        },
-    )
-    .expect("raise the descriptor limit");
-
-    let listener = in_ns(srv, || TcpListener::bind("[::]:7100").expect("bind"));
-    let accepter = std::thread::spawn(move || {
-        let mut held = Vec::with_capacity(connections);
-        while held.len() < connections {
-            held.push(listener.accept().expect("accept").0);
-        }
-        held
-    });
-    let clients = in_ns(cli, move || {
-        let mut held = Vec::with_capacity(connections);
-        for i in 0..connections {
-            let source: IpAddr = sources[i % sources.len()].parse().expect("addr");
-            let target: SocketAddr = if source.is_ipv4() {
-                "10.77.255.1:7100".parse().expect("addr")
-            } else {
-                "[fd77::ffff]:7100".parse().expect("addr")
-            };
-            let family = if source.is_ipv4() {
-                rustix::net::AddressFamily::INET
-            } else {
-                rustix::net::AddressFamily::INET6
-            };
-            let socket =
-                rustix::net::socket(family, rustix::net::SocketType::STREAM, None).expect("socket");
-            rustix::net::bind(&socket, &SocketAddr::new(source, 0)).expect("bind");
-            rustix::net::connect(&socket, &target).expect("connect");
-            held.push(TcpStream::from(socket));
-        }
-        held
-    });
-    let accepted = accepter.join().expect("accepter");
-    println!("{} connections established", accepted.len());
+    // Both ends of every connection stay open in helper processes (the
+    // descriptor limit is per process), each on its own port.
+    let per = 8_000;
+    let mut holders = Vec::new();
+    let mut left = connections;
+    let mut port = 7100;
+    while left > 0 {
+        let n = left.min(per);
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .args(["hold", srv, cli, &n.to_string(), &port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn a holder");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("holder ready");
+        assert_eq!(line.trim(), "ready", "holder on port {port}");
+        holders.push(child);
+        left -= n;
+        port += 1;
+    }
+    println!("{connections} connections established");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bench.mmdb");
     std::fs::write(&db, build_database()).expect("write db");
     let geo = Geo::open(&db, "country.iso_code", 0).expect("open");
+    geo.database().build_table();
     let config = rebuff::config::TcpConnectionsConfig {
         state: false,
         exclude: Vec::new(),
@@ -348,10 +333,71 @@ fn scrape(rebuff: &str, connections: usize) {
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
-    drop(clients);
-    drop(accepted);
+    for mut holder in holders {
+        let _ = holder.kill();
+        let _ = holder.wait();
+    }
     let _ = Command::new("ip").args(["netns", "del", srv]).status();
     let _ = Command::new("ip").args(["netns", "del", cli]).status();
+}
+
+/// `hold SRV CLI COUNT PORT`: opens COUNT connections from namespace CLI
+/// to a listener on PORT in namespace SRV, says "ready" and keeps them
+/// until killed.
+fn hold(srv: &str, cli: &str, connections: usize, port: u16) {
+    let sources = [
+        "10.77.0.1",
+        "10.77.1.1",
+        "10.77.2.1",
+        "10.77.3.1",
+        "fd77::1",
+    ];
+    let limit = (connections as u64) * 2 + 256;
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(hard.map_or(limit, |h| h.min(limit))),
+            maximum: hard,
+        },
+    )
+    .expect("raise the descriptor limit");
+    let listener = in_ns(srv, move || TcpListener::bind(("::", port)).expect("bind"));
+    let accepter = std::thread::spawn(move || {
+        let mut held = Vec::with_capacity(connections);
+        while held.len() < connections {
+            held.push(listener.accept().expect("accept").0);
+        }
+        held
+    });
+    let clients = in_ns(cli, move || {
+        let mut held = Vec::with_capacity(connections);
+        for i in 0..connections {
+            let source: IpAddr = sources[i % sources.len()].parse().expect("addr");
+            let target: SocketAddr = if source.is_ipv4() {
+                SocketAddr::from(([10, 77, 255, 1], port))
+            } else {
+                SocketAddr::new("fd77::ffff".parse().expect("addr"), port)
+            };
+            let family = if source.is_ipv4() {
+                rustix::net::AddressFamily::INET
+            } else {
+                rustix::net::AddressFamily::INET6
+            };
+            let socket =
+                rustix::net::socket(family, rustix::net::SocketType::STREAM, None).expect("socket");
+            rustix::net::bind(&socket, &SocketAddr::new(source, 0)).expect("bind");
+            rustix::net::connect(&socket, &target).expect("connect");
+            held.push(TcpStream::from(socket));
+        }
+        held
+    });
+    let accepted = accepter.join().expect("accepter");
+    println!("ready");
+    let mut buf = String::new();
+    let _ = std::io::stdin().read_line(&mut buf);
+    drop(clients);
+    drop(accepted);
 }
 
 fn main() {
@@ -365,6 +411,12 @@ fn main() {
             std::fs::write(path, build_database()).expect("write");
         }
         Some("lookup") => lookup(args.get(1).map(String::as_str)),
+        Some("hold") => hold(
+            &args[1],
+            &args[2],
+            args[3].parse().expect("count"),
+            args[4].parse().expect("port"),
+        ),
         Some("scrape") => scrape(
             args.get(1).expect("scrape REBUFF_BIN [CONNECTIONS]"),
             args.get(2).map_or(50_000, |n| n.parse().expect("a number")),

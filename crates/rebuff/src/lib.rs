@@ -21,6 +21,9 @@
 //!   event lines.
 //! - [`metrics`]: every counter, the exporter-compatible families, label
 //!   templates and the `/metrics` endpoint.
+//! - [`geo`]: GeoIP: a hardened MMDB reader, the country of an address
+//!   (pattern rules, `<country>`, reports), TCP connections by remote
+//!   country at scrape time.
 //! - [`notify`]: systemd readiness, status and watchdog.
 //! - [`events`]: the shared vocabulary (matches, action outcomes, command
 //!   kinds, finished reports, times) every layer uses; it imports no other
@@ -29,7 +32,7 @@
 //! Dependencies point down: the CLI (`main`, [`cli`], [`check`],
 //! [`replay`], [`control::client`]) on top, then the runtime ([`daemon`],
 //! [`stream`], [`tracker`], [`exec`], [`control::server`]), then
-//! [`metrics`], [`log`] and [`store`], then [`events`], [`config`] and the
+//! [`metrics`], [`geo`], [`log`] and [`store`], then [`events`], [`config`] and the
 //! engine.
 
 pub mod check;

@@ -28,9 +28,8 @@ pub mod tcp;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use rebuff_engine::{Country, CountryLookup, Patterns};
 
@@ -75,6 +74,16 @@ impl FileId {
     }
 }
 
+/// Milliseconds of the coarse monotonic clock: read on every lookup, so
+/// the cheapest clock there is (a few milliseconds of resolution is plenty
+/// for a check every `check_interval`).
+fn coarse_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (t.tv_sec as u64)
+        .saturating_mul(1000)
+        .saturating_add(t.tv_nsec as u64 / 1_000_000)
+}
+
 /// Reads and checks a database file.
 pub fn read_database(path: &Path) -> Result<Mmdb, GeoError> {
     let read_err = |source| GeoError::Read {
@@ -98,38 +107,57 @@ pub fn read_database(path: &Path) -> Result<Mmdb, GeoError> {
     })
 }
 
+/// Tree walks after which the flat table is built (on a thread of its
+/// own). A few lookups (replay's per-trigger countries, `show`) never pay
+/// for building it; many (a country rule on a busy filter, scrapes of many
+/// connections) get it within a fraction of a second.
+const TABLE_AFTER_WALKS: u32 = 4096;
+
 /// A loaded database: the file, and its flat country table for `field`
-/// (`None` when the tree could not be flattened within bounds: lookups
-/// then walk the tree).
+/// once built (it holds `None` when the tree could not be flattened
+/// within bounds: lookups then keep walking the tree).
 #[derive(Debug)]
 pub struct Database {
     pub mmdb: Arc<Mmdb>,
-    table: Option<CountryTable>,
-    field: Vec<String>,
+    table: Arc<OnceLock<Option<CountryTable>>>,
+    walks: AtomicU32,
+    field: Arc<Vec<String>>,
 }
 
 impl Database {
     fn new(mmdb: Mmdb, field: &[String]) -> Database {
-        let table = CountryTable::build(&mmdb, field);
         Database {
             mmdb: Arc::new(mmdb),
-            table,
-            field: field.to_vec(),
+            table: Arc::new(OnceLock::new()),
+            walks: AtomicU32::new(0),
+            field: Arc::new(field.to_vec()),
         }
     }
 
     /// The country of `addr`.
     #[inline]
     pub fn country(&self, addr: IpAddr) -> Option<Country> {
-        match &self.table {
-            Some(table) => table.lookup(addr),
-            None => country_in(&self.mmdb, &self.field, addr),
+        if let Some(Some(table)) = self.table.get() {
+            return table.lookup(addr);
         }
+        if self.walks.fetch_add(1, Ordering::Relaxed) == TABLE_AFTER_WALKS {
+            let (mmdb, field, table) = (self.mmdb.clone(), self.field.clone(), self.table.clone());
+            // Without a thread, lookups simply keep walking the tree.
+            let _ = std::thread::Builder::new()
+                .name("rebuff-geoip-table".into())
+                .spawn(move || {
+                    table.get_or_init(|| CountryTable::build(&mmdb, &field));
+                });
+        }
+        country_in(&self.mmdb, &self.field, addr)
     }
 
-    /// Whether lookups use the flat table.
-    pub fn has_table(&self) -> bool {
-        self.table.is_some()
+    /// Builds the flat table now if it is not there yet; returns whether
+    /// lookups use it.
+    pub fn build_table(&self) -> bool {
+        self.table
+            .get_or_init(|| CountryTable::build(&self.mmdb, &self.field))
+            .is_some()
     }
 }
 
@@ -141,9 +169,8 @@ struct Inner {
     field: Vec<String>,
     current: RwLock<Arc<Database>>,
     loaded: Mutex<Option<FileId>>,
-    started: Instant,
     interval_ms: u64,
-    /// Milliseconds after `started` when the file is next looked at.
+    /// When the file is next looked at, in [`coarse_ms`].
     next_check_ms: AtomicU64,
     loading: AtomicBool,
 }
@@ -179,9 +206,8 @@ impl Geo {
                 current: RwLock::new(Arc::new(Database::new(db, &field))),
                 field,
                 loaded: Mutex::new(id),
-                started: Instant::now(),
                 interval_ms,
-                next_check_ms: AtomicU64::new(interval_ms),
+                next_check_ms: AtomicU64::new(coarse_ms().saturating_add(interval_ms)),
                 loading: AtomicBool::new(false),
             }),
         }
@@ -218,7 +244,7 @@ impl Geo {
         if inner.interval_ms == 0 {
             return;
         }
-        let now = inner.started.elapsed().as_millis() as u64;
+        let now = coarse_ms();
         let due = inner.next_check_ms.load(Ordering::Relaxed);
         if now < due
             || inner

@@ -332,6 +332,58 @@ mod tests {
     }
 
     #[test]
+    fn collect_stops_at_max_sockets_and_labels_states_when_asked() {
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            println!("skipped: cannot listen on loopback");
+            return;
+        };
+        let addr = listener.local_addr().expect("addr");
+        let _clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let _accepted: Vec<_> = (0..3).map(|_| listener.accept().expect("accept")).collect();
+        if sockets(1 << TCP_ESTABLISHED, |_| false).is_err() {
+            println!("skipped: no sock_diag netlink here");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.mmdb");
+        let mut w = super::super::mmdb::writer::Writer::new(6, 24);
+        w.insert(
+            "192.0.2.0/24",
+            super::super::mmdb::writer::Value::country_record("FR"),
+        );
+        std::fs::write(&path, w.build()).expect("write");
+        let geo = Geo::open(&path, "country.iso_code", 0).expect("open");
+        let mut config = TcpConnectionsConfig {
+            state: false,
+            exclude: Vec::new(),
+            include_local: true,
+            max_sockets: 2,
+        };
+        let cut = collect(&geo, &config);
+        assert!(cut.truncated && cut.scanned == 2 && !cut.failed, "{cut:?}");
+        config.max_sockets = 1_000_000;
+        config.state = true;
+        let all = collect(&geo, &config);
+        assert!(!all.truncated && all.scanned >= 6, "{all:?}");
+        assert!(
+            all.rows.iter().any(|(country, state, n)| country == UNKNOWN
+                && *state == "established"
+                && *n >= 6),
+            "{all:?}"
+        );
+        // Loopback is left out unless asked for.
+        config.include_local = false;
+        config.state = false;
+        let none = collect(&geo, &config);
+        assert!(
+            none.rows.iter().all(|(country, _, _)| country != UNKNOWN),
+            "{none:?}"
+        );
+    }
+
+    #[test]
     fn state_names_follow_ss() {
         assert_eq!(state_name(1), "established");
         assert_eq!(state_name(6), "time-wait");

@@ -398,6 +398,43 @@ mod tests {
     }
 
     #[test]
+    fn tcp_connections_are_on_by_default_and_can_be_turned_off_or_tuned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = database(dir.path());
+        let with = |tcp: &str| config(&format!("geoip:\n  database: {db}\n{tcp}"), "", "[echo]");
+        let on = load(&with("")).expect("valid");
+        let tcp = on
+            .geoip
+            .as_ref()
+            .and_then(|g| g.tcp.clone())
+            .expect("on by default");
+        assert!(!tcp.state && !tcp.include_local && tcp.exclude.is_empty());
+        let off = load(&with("  tcp_connections: false\n")).expect("valid");
+        assert!(off.geoip.as_ref().is_some_and(|g| g.tcp.is_none()));
+        let tuned = load(&with(
+            "  tcp_connections:\n    state: true\n    exclude: [10.0.0.0/8, '2001:db8::1']\n    max_sockets: 10\n",
+        ))
+        .expect("valid");
+        let tcp = tuned
+            .geoip
+            .as_ref()
+            .and_then(|g| g.tcp.clone())
+            .expect("on");
+        assert!(tcp.state && tcp.max_sockets == 10 && tcp.exclude.len() == 2);
+        let e = errors(&with(
+            "  tcp_connections:\n    exclude: [nope]\n    max_sockets: 0\n",
+        ));
+        assert!(
+            e.contains("geoip.tcp_connections.exclude[0]") && e.contains("'nope'"),
+            "{e}"
+        );
+        assert!(
+            e.contains("geoip.tcp_connections.max_sockets: must be at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn country_in_an_action_is_the_iso_code_or_empty() {
         let dir = tempfile::tempdir().expect("tempdir");
         let geoip = format!("geoip:\n  database: {}", database(dir.path()));
