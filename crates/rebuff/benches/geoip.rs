@@ -292,6 +292,20 @@ fn scrape(rebuff: &str, connections: usize) {
         snapshot.map(|s| s.rows).unwrap_or_default()
     );
 
+    // The kernel's side alone: `ss` lists the same table.
+    let ss: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            let out = Command::new("ip")
+                .args(["netns", "exec", srv, "ss", "-Htn", "state", "established"])
+                .output()
+                .expect("ss");
+            std::hint::black_box(out.stdout.len());
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    println!("ss -Htn state established (process included): {:.2} ms (median of 5)", median(ss));
+
     let port = 19411;
     std::fs::write(
         dir.path().join("c.yml"),

@@ -48,7 +48,11 @@ pub struct CountryTable {
 struct Builder<'a> {
     db: &'a Mmdb,
     field: Vec<&'a str>,
-    by_record: HashMap<Record, u16>,
+    /// Leaf records to country ids; hashed with foldhash, as there is
+    /// one lookup per leaf (millions in a city database).
+    by_record: HashMap<Record, u16, foldhash::fast::RandomState>,
+    /// The previous leaf's record: neighbouring networks often share it.
+    last: Option<(Record, u16)>,
     countries: Vec<Option<Country>>,
     by_country: HashMap<Option<Country>, u16>,
     steps_left: u64,
@@ -57,7 +61,13 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn country_id(&mut self, record: Option<Record>) -> u16 {
         let Some(record) = record else { return 0 };
+        if let Some((last, id)) = self.last
+            && last == record
+        {
+            return id;
+        }
         if let Some(&id) = self.by_record.get(&record) {
+            self.last = Some((record, id));
             return id;
         }
         let country = self
@@ -70,6 +80,7 @@ impl Builder<'_> {
             next
         });
         self.by_record.insert(record, id);
+        self.last = Some((record, id));
         id
     }
 
@@ -148,7 +159,8 @@ impl CountryTable {
         let mut b = Builder {
             db,
             field: field.iter().map(String::as_str).collect(),
-            by_record: HashMap::new(),
+            by_record: HashMap::default(),
+            last: None,
             countries: vec![None],
             by_country: HashMap::from([(None, 0)]),
             steps_left: 16 * u64::from(db.node_count()) + 4096,
