@@ -304,7 +304,10 @@ fn scrape(rebuff: &str, connections: usize) {
             start.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
-    println!("ss -Htn state established (process included): {:.2} ms (median of 5)", median(ss));
+    println!(
+        "ss -Htn state established (process included): {:.2} ms (median of 5)",
+        median(ss)
+    );
 
     let port = 19411;
     std::fs::write(
