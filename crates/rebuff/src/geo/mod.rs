@@ -111,7 +111,38 @@ pub fn read_database(path: &Path) -> Result<Mmdb, GeoError> {
 /// own). A few lookups (replay's per-trigger countries, `show`) never pay
 /// for building it; many (a country rule on a busy filter, scrapes of many
 /// connections) get it within a fraction of a second.
-const TABLE_AFTER_WALKS: u32 = 4096;
+const TABLE_AFTER_WALKS: u32 = 65_536;
+
+/// Slots of each thread's cache of recent answers (a power of two).
+const RECENT_SLOTS: usize = 8192;
+
+/// Gives each loaded database an identity for the per-thread caches (an
+/// address could be reused by the next database after a reload).
+static NEXT_DATABASE: AtomicU64 = AtomicU64::new(1);
+
+/// Recent answers of tree walks on this thread: attackers repeat, so most
+/// lookups before the table exists are answered here. Direct-mapped.
+struct Recent {
+    database: u64,
+    slots: Vec<Option<(IpAddr, Option<Country>)>>,
+}
+
+thread_local! {
+    static RECENT: std::cell::RefCell<Recent> = const {
+        std::cell::RefCell::new(Recent { database: 0, slots: Vec::new() })
+    };
+}
+
+fn recent_slot(addr: IpAddr) -> usize {
+    let folded = match addr {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64)
+        }
+    };
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 51) as usize & (RECENT_SLOTS - 1)
+}
 
 /// A loaded database: the file, and its flat country table for `field`
 /// once built (it holds `None` when the tree could not be flattened
@@ -121,6 +152,7 @@ pub struct Database {
     pub mmdb: Arc<Mmdb>,
     table: Arc<OnceLock<Option<CountryTable>>>,
     walks: AtomicU32,
+    id: u64,
     field: Arc<Vec<String>>,
 }
 
@@ -130,6 +162,7 @@ impl Database {
             mmdb: Arc::new(mmdb),
             table: Arc::new(OnceLock::new()),
             walks: AtomicU32::new(0),
+            id: NEXT_DATABASE.fetch_add(1, Ordering::Relaxed),
             field: Arc::new(field.to_vec()),
         }
     }
@@ -140,6 +173,34 @@ impl Database {
         if let Some(Some(table)) = self.table.get() {
             return table.lookup(addr);
         }
+        let slot = recent_slot(addr);
+        let cached = RECENT.with(|recent| {
+            let recent = recent.borrow();
+            match recent.slots.get(slot) {
+                Some(Some((a, country))) if recent.database == self.id && *a == addr => {
+                    Some(*country)
+                }
+                _ => None,
+            }
+        });
+        if let Some(country) = cached {
+            return country;
+        }
+        let country = self.walk(addr);
+        RECENT.with(|recent| {
+            let mut recent = recent.borrow_mut();
+            if recent.database != self.id || recent.slots.len() != RECENT_SLOTS {
+                recent.database = self.id;
+                recent.slots.clear();
+                recent.slots.resize(RECENT_SLOTS, None);
+            }
+            recent.slots[slot] = Some((addr, country));
+        });
+        country
+    }
+
+    /// A tree walk, counted: enough of them start building the table.
+    fn walk(&self, addr: IpAddr) -> Option<Country> {
         if self.walks.fetch_add(1, Ordering::Relaxed) == TABLE_AFTER_WALKS {
             let (mmdb, field, table) = (self.mmdb.clone(), self.field.clone(), self.table.clone());
             // Without a thread, lookups simply keep walking the tree.
@@ -442,6 +503,9 @@ mod tests {
         let path = dir.path().join("db.mmdb");
         write_db(&path, &[("192.0.2.0/24", Value::country_record("FR"))]);
         let geo = Geo::open(&path, "country.iso_code", 0).expect("open");
+        // Remembered by this thread's cache of recent answers, which must
+        // not outlive the database.
+        assert_eq!(code(&geo, "192.0.2.1").as_deref(), Some("FR"));
         assert!(!geo.refresh(), "unchanged");
         // A new file (new inode: written beside and renamed, as updaters do).
         let next = dir.path().join("next.mmdb");
