@@ -128,6 +128,10 @@ struct Recent {
 }
 
 thread_local! {
+    /// The database this thread last looked up in: (handle id, generation,
+    /// database).
+    static SEEN: std::cell::RefCell<Option<(u64, u64, Arc<Database>)>> =
+        const { std::cell::RefCell::new(None) };
     static RECENT: std::cell::RefCell<Recent> = const {
         std::cell::RefCell::new(Recent { database: 0, slots: Vec::new() })
     };
@@ -234,6 +238,10 @@ struct Inner {
     /// When the file is next looked at, in [`coarse_ms`].
     next_check_ms: AtomicU64,
     loading: AtomicBool,
+    /// Bumped after each new database is in force.
+    generation: AtomicU64,
+    /// Tells this handle's database apart in per-thread state.
+    id: u64,
 }
 
 /// A GeoIP database, shared by every thread that asks for countries.
@@ -270,6 +278,8 @@ impl Geo {
                 interval_ms,
                 next_check_ms: AtomicU64::new(coarse_ms().saturating_add(interval_ms)),
                 loading: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+                id: NEXT_DATABASE.fetch_add(1, Ordering::Relaxed),
             }),
         }
     }
@@ -290,11 +300,21 @@ impl Geo {
     /// The country of `addr` in the database in force, without looking at
     /// the file.
     pub fn lookup(&self, addr: IpAddr) -> Option<Country> {
-        let db = self
-            .inner
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        // The database in force, as this thread last saw it: a relaxed
+        // load of the generation instead of taking the lock, whose counter
+        // every matching thread would otherwise bounce between cores.
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let db = SEEN.with(|seen| {
+            let mut seen = seen.borrow_mut();
+            match &*seen {
+                Some((id, g, db)) if *id == self.inner.id && *g == generation => db.clone(),
+                _ => {
+                    let db = self.database();
+                    *seen = Some((self.inner.id, generation, db.clone()));
+                    db
+                }
+            }
+        });
         db.country(addr)
     }
 
@@ -367,6 +387,7 @@ impl Geo {
                     .current
                     .write()
                     .unwrap_or_else(PoisonError::into_inner) = db;
+                inner.generation.fetch_add(1, Ordering::Release);
                 true
             }
             Err(e) => {
