@@ -12,6 +12,9 @@
 //! - [`duration`]: reaction's duration grammar (`10 secs`, `30m`, `1day`).
 //! - [`pattern`]: `<name>` patterns: regexes, ip/ipv4/ipv6 types, ignore
 //!   lists, CIDR ignores, masks, value normalisation.
+//! - [`country`]: ISO 3166-1 alpha-2 codes, `ignorecountry`/`onlycountry`
+//!   rules and the [`CountryLookup`] they ask (answered from memory by the
+//!   binary's GeoIP database; no I/O here).
 //! - [`matcher`]: [`StreamMatcher`], every filter of a stream in one pass.
 //! - [`key`]: [`Key`], compact match values (addresses as bytes), and
 //!   [`KeyMap`], a slab-backed map from them.
@@ -21,6 +24,7 @@
 //! - [`score`]: [`ScoreBoard`], weighted per-value scores with a threshold,
 //!   a floor, an idle timeout and a bound on tracked values.
 
+pub mod country;
 pub mod decide;
 pub mod duration;
 pub mod key;
@@ -29,6 +33,7 @@ pub mod pattern;
 pub mod score;
 pub mod window;
 
+pub use country::{Country, CountryLookup, CountryRule};
 pub use decide::{
     ActionSpec, Decision, DuplicatePolicy, FilterDecider, FilterPlan, IpOnly, ScheduledAction,
     ScoreDecision, Trigger, TriggerKind,

@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
 
+use crate::country::CountryRule;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use regex::RegexSet;
 use regex_automata::meta;
@@ -279,14 +280,17 @@ pub enum IgnoreReason {
     Cidr,
     /// An IP-typed pattern captured text that is not an address of its type.
     NotAnIp,
+    /// Dropped by `ignorecountry` or `onlycountry`.
+    Country,
 }
 
 impl IgnoreReason {
-    pub const ALL: [IgnoreReason; 4] = [
+    pub const ALL: [IgnoreReason; 5] = [
         IgnoreReason::List,
         IgnoreReason::Regex,
         IgnoreReason::Cidr,
         IgnoreReason::NotAnIp,
+        IgnoreReason::Country,
     ];
 
     /// Stable name used in summaries and metrics labels.
@@ -296,6 +300,7 @@ impl IgnoreReason {
             IgnoreReason::Regex => "ignoreregex",
             IgnoreReason::Cidr => "ignorecidr",
             IgnoreReason::NotAnIp => "not_an_ip",
+            IgnoreReason::Country => "country",
         }
     }
 }
@@ -344,9 +349,34 @@ pub struct Pattern {
     ignore_cidr: Vec<IpNet>,
     ipv4_mask: Option<u8>,
     ipv6_mask: Option<u8>,
+    /// `ignorecountry` / `onlycountry` (IP types only).
+    country: Option<CountryRule>,
 }
 
 impl Pattern {
+    /// Adds an `ignorecountry`/`onlycountry` rule, checked after the CIDR
+    /// list on the address as captured (before any mask groups it).
+    pub fn with_country_rule(mut self, rule: CountryRule) -> Result<Pattern, PatternError> {
+        if !self.kind.is_ip() {
+            return Err(PatternError::NotForKind {
+                key: if rule.only {
+                    "onlycountry"
+                } else {
+                    "ignorecountry"
+                },
+                allowed: "ip, ipv4 or ipv6",
+                kind: self.kind.name(),
+            });
+        }
+        self.country = Some(rule);
+        Ok(self)
+    }
+
+    /// The pattern's country rule, if any.
+    pub fn country_rule(&self) -> Option<&CountryRule> {
+        self.country.as_ref()
+    }
+
     pub fn compile(spec: PatternSpec) -> Result<Pattern, PatternError> {
         let regex = match builtin_regex(spec.kind) {
             Some(builtin) => builtin,
@@ -395,6 +425,7 @@ impl Pattern {
             ignore_cidr: spec.ignore_cidr,
             ipv4_mask: spec.ipv4_mask,
             ipv6_mask: spec.ipv6_mask,
+            country: None,
         })
     }
 
@@ -463,6 +494,11 @@ impl Pattern {
         }
         if self.ignore_cidr.iter().any(|net| net.contains(&addr)) {
             return Err(IgnoreReason::Cidr);
+        }
+        if let Some(rule) = &self.country
+            && !rule.admits(addr)
+        {
+            return Err(IgnoreReason::Country);
         }
         let value = self.group(addr);
         self.check_ignore_lists(raw, Some(&value))?;

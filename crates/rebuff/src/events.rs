@@ -290,3 +290,20 @@ impl<const N: usize> Buckets<N> {
             .fetch_add((value * 1e6).round() as u64, Relaxed);
     }
 }
+
+/// Established TCP connections by remote country, counted at scrape time
+/// (`geo::tcp`) and rendered by the metrics module.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpSnapshot {
+    /// (country code or `unknown`, state name or empty, connections),
+    /// sorted.
+    pub rows: Vec<(String, &'static str, u64)>,
+    /// Whether rows carry a `state` label.
+    pub state_label: bool,
+    /// Sockets looked at.
+    pub scanned: u64,
+    /// Counting stopped at the bound on sockets per scrape.
+    pub truncated: bool,
+    /// The socket tables (or the host's addresses) could not be read.
+    pub failed: bool,
+}

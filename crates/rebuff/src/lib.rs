@@ -24,6 +24,9 @@
 //!   event lines.
 //! - [`metrics`]: every counter, the exporter-compatible families, label
 //!   templates and the `/metrics` endpoint.
+//! - [`geo`]: GeoIP: a hardened MMDB reader, the country of an address
+//!   (pattern rules, `<country>`, reports), TCP connections by remote
+//!   country at scrape time.
 //! - [`notify`]: systemd readiness, status and watchdog.
 //! - [`exporter`]: `rebuff exporter`, reaction-metrics-exporter for an
 //!   upstream reaction (its own log reader, counts and endpoint).
@@ -34,7 +37,7 @@
 //! Dependencies point down: the CLI (`main`, [`cli`], [`check`],
 //! [`replay`], [`control::client`]) on top, then the runtime ([`daemon`],
 //! [`stream`], [`tracker`], [`exec`], [`firewall`], [`control::server`]), then
-//! [`metrics`], [`log`] and [`store`], then [`events`], [`config`] and the
+//! [`metrics`], [`geo`], [`log`] and [`store`], then [`events`], [`config`] and the
 //! engine.
 
 pub mod check;
@@ -46,6 +49,7 @@ pub mod events;
 pub mod exec;
 pub mod exporter;
 pub mod firewall;
+pub mod geo;
 pub mod lines;
 pub mod log;
 pub mod metrics;

@@ -1196,7 +1196,7 @@ impl Tracker {
     fn on_trigger(&mut self, fid: usize, key: &Key, trigger: Trigger) {
         if trigger.kind != TriggerKind::Extend {
             self.report.triggers += 1;
-            self.metrics.trigger(fid);
+            self.metrics.trigger_values(fid, &trigger.values);
         }
         let fs = &self.filters[fid];
         let (delayed, immediate): (Vec<usize>, Vec<usize>) = trigger
@@ -1629,6 +1629,7 @@ impl Tracker {
             jailed: vec![0; self.filters.len()],
             keys: Vec::new(),
             metrics: Some(self.metrics.clone()),
+            tcp: None,
         };
         for fs in &self.filters {
             for (values, triggers) in fs.jail.iter() {
@@ -1824,6 +1825,7 @@ impl Tracker {
                     .collect(),
                 slots,
                 sets: kernel_sets(fs, &self.config),
+                country: crate::geo::show_lookup(&self.config, &fs.pattern_names),
                 rows: Vec::new(),
             });
         }

@@ -99,8 +99,41 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// Kernel sets of `type: nftables|ipset` actions (none: no firewall).
     pub firewall: FirewallConfig,
+    /// rebuff's `geoip` section; `None` means no database.
+    pub geoip: Option<GeoipConfig>,
     /// Things that are accepted but probably not what the user meant.
     pub warnings: Vec<ConfigError>,
+}
+
+/// The `geoip` section: a local MMDB database, opened and checked at load.
+///
+/// The configuration holds the opened database ([`crate::geo::Geo`]), as
+/// `metrics` holds compiled templates: a broken file is a load error, and
+/// pattern rules and `<country>` need it while the config is compiled.
+#[derive(Debug, Clone)]
+pub struct GeoipConfig {
+    pub database: PathBuf,
+    /// Dotted path of the country code in a record.
+    pub field: String,
+    pub geo: crate::geo::Geo,
+    /// A `country` label on the per-address families and on
+    /// `rebuff_triggers_total`.
+    pub label: bool,
+    /// `rebuff_tcp_connections`; `None` when turned off.
+    pub tcp: Option<TcpConnectionsConfig>,
+}
+
+/// `geoip.tcp_connections`: served when `metrics` is configured too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConnectionsConfig {
+    /// A `state` label, and every state but listening counted.
+    pub state: bool,
+    /// Remote addresses in these networks are not counted.
+    pub exclude: Vec<ipnet::IpNet>,
+    /// Count loopback and the host's own addresses too.
+    pub include_local: bool,
+    /// Most sockets looked at per scrape.
+    pub max_sockets: usize,
 }
 
 /// The `metrics` section, shaped like reaction-metrics-exporter's own
@@ -335,7 +368,25 @@ pub enum ArgPart {
     Text(String),
     /// Index into the match's values.
     Value(usize),
+    /// `<country>`: the country of the address at this value slot (an
+    /// empty string when unknown).
+    Country(usize, CountryOf),
 }
+
+/// The lookup `<country>` is filled with.
+#[derive(Debug, Clone)]
+pub struct CountryOf(pub std::sync::Arc<dyn rebuff_engine::CountryLookup>);
+
+impl PartialEq for CountryOf {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(
+            std::sync::Arc::as_ptr(&self.0),
+            std::sync::Arc::as_ptr(&other.0),
+        )
+    }
+}
+
+impl Eq for CountryOf {}
 
 impl ArgTemplate {
     /// The argv element for a match's values (never through a shell).
@@ -346,6 +397,13 @@ impl ArgTemplate {
                 ArgPart::Text(text) => out.push_str(text),
                 ArgPart::Value(slot) => {
                     out.push_str(values.get(*slot).map(String::as_str).unwrap_or(""))
+                }
+                ArgPart::Country(slot, lookup) => {
+                    if let Some(value) = values.get(*slot)
+                        && let Some(country) = lookup.0.country_of_value(value)
+                    {
+                        out.push_str(country.as_str());
+                    }
                 }
             }
         }

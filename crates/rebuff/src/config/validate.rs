@@ -39,6 +39,7 @@ const TOP_KEYS: &[&str] = &[
     "plugins",
     "metrics",
     "firewall",
+    "geoip",
     DEFINITIONS,
 ];
 /// reaction's example configuration keeps its YAML anchors under this key
@@ -53,6 +54,8 @@ const PATTERN_KEYS: &[&str] = &[
     "ignorecidr",
     "ipv4mask",
     "ipv6mask",
+    "ignorecountry",
+    "onlycountry",
 ];
 const STREAM_KEYS: &[&str] = &["cmd", "filters", "type", "options"];
 const FILTER_KEYS: &[&str] = &[
@@ -133,6 +136,7 @@ pub fn to_json(node: &Node) -> serde_json::Value {
 }
 
 mod firewall;
+mod geoip;
 mod metrics;
 
 pub use firewall::IPSET_MAX_TIMEOUT_S;
@@ -178,6 +182,8 @@ struct Checker {
     virtual_edges: Vec<VirtualEdge>,
     /// The sets `type: nftables|ipset` actions name, in first-use order.
     firewall_sets: Vec<firewall::SetDraft>,
+    /// The `geoip` section, read before the patterns that use it.
+    geoip: Option<super::GeoipConfig>,
 }
 
 /// A virtual action of stream `from` sends its lines to stream `to`.
@@ -557,6 +563,7 @@ impl Checker {
         let entries = self.map(root, "", "a map at the top level")?;
         self.known_keys(entries, "", TOP_KEYS);
 
+        self.geoip = get(entries, "geoip").and_then(|n| self.geoip(n));
         let patterns = self.patterns(entries, root);
         if let Some(node) = get(entries, "plugins") {
             self.plugins(node);
@@ -590,6 +597,7 @@ impl Checker {
             state_rotation_interval,
             metrics,
             firewall,
+            geoip: self.geoip.take(),
             warnings: std::mem::take(&mut self.warnings),
         })
     }
@@ -744,7 +752,7 @@ impl Checker {
             ipv6_mask,
         };
         match Pattern::compile(spec) {
-            Ok(pattern) => Some(pattern),
+            Ok(pattern) => self.pattern_countries(entries, path, kind, pattern),
             Err(e) => {
                 let at = match &e {
                     PatternError::MissingRegex => None,
@@ -1651,6 +1659,17 @@ impl Checker {
                     parts.push(ArgPart::Text(text[last..range.start].to_owned()));
                 }
                 parts.push(ArgPart::Value(slot));
+                last = range.end;
+            } else if word == "country" && patterns.get(word).is_none() {
+                // `<country>`: the country of the filter's first ip value.
+                let Some(part) = self.country_part(loc, path, filter_patterns, patterns) else {
+                    ok &= !regexes_valid || self.geoip.is_none();
+                    continue;
+                };
+                if range.start > last {
+                    parts.push(ArgPart::Text(text[last..range.start].to_owned()));
+                }
+                parts.push(part);
                 last = range.end;
             } else if regexes_valid && patterns.get(word).is_some() {
                 let captured: BTreeSet<&str> = filter_patterns.iter().map(String::as_str).collect();

@@ -67,6 +67,9 @@ pub struct FilterRows {
     /// (`nftables inet reaction bansv4`). A jailed entry lists those that
     /// hold its address under `sets`.
     pub sets: Vec<KernelSets>,
+    /// With `geoip`: the slot of the address and the database; each
+    /// entry then has `country` (the ISO code, empty when unknown).
+    pub country: Option<(usize, crate::geo::Geo)>,
     pub rows: Vec<Row>,
 }
 
@@ -139,6 +142,7 @@ pub fn render(snapshot: Snapshot, mut sink: impl FnMut(Vec<u8>) -> bool) -> u64 
                 &mut out,
                 &filter.actions,
                 &filter.sets,
+                filter.country.as_ref(),
                 &texts[start..end],
                 &filter.rows[index],
             );
@@ -203,6 +207,7 @@ fn entry(
     out: &mut Vec<u8>,
     actions: &[(Arc<str>, Time)],
     sets: &[KernelSets],
+    country: Option<&(usize, crate::geo::Geo)>,
     text: &str,
     row: &Row,
 ) {
@@ -269,6 +274,17 @@ fn entry(
             out.push(b']');
         }
     }
+    if let Some((slot, geo)) = country
+        && let Some(code) = row
+            .key
+            .with_text(*slot, |value| crate::geo::country_text(geo, value))
+    {
+        if out.last() != Some(&b'{') {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"country\":");
+        string(out, &code);
+    }
     out.push(b'}');
 }
 
@@ -306,6 +322,7 @@ mod tests {
     fn filter(stream: &str, name: &str, rows: Vec<Row>) -> FilterRows {
         FilterRows {
             sets: Vec::new(),
+            country: None,
             stream: stream.into(),
             filter: name.into(),
             actions: vec![("ban".into(), 0), ("unban".into(), 3_600_000)],

@@ -403,7 +403,15 @@ fn render_fn(
             // which a reload may have replaced meanwhile.
             let metrics = snapshot.metrics.clone().unwrap_or(metrics);
             let firewall = executor.firewall().map(|f| Arc::clone(f.stats()));
+            let mut snapshot = snapshot;
             let body = tokio::task::spawn_blocking(move || {
+                // Counted here, off the tracker: the socket tables are the
+                // kernel's, not state the tracker owns.
+                if let Some(geoip) = metrics.tcp_connections()
+                    && let Some(tcp) = &geoip.tcp
+                {
+                    snapshot.tcp = Some(crate::geo::tcp::collect(&geoip.geo, tcp));
+                }
                 metrics.render_all(format, &snapshot, executor.stats(), firewall.as_deref())
             })
             .await

@@ -96,12 +96,13 @@ pub enum Ignored {
     Duplicate,
 }
 
-const IGNORED_REASONS: [&str; 5] = [
+const IGNORED_REASONS: [&str; 6] = [
     "ignore",
     "ignoreregex",
     "ignorecidr",
     "not_an_ip",
     "duplicate",
+    "country",
 ];
 
 impl Ignored {
@@ -112,6 +113,7 @@ impl Ignored {
             Ignored::Pattern(IgnoreReason::Cidr) => 2,
             Ignored::Pattern(IgnoreReason::NotAnIp) => 3,
             Ignored::Duplicate => 4,
+            Ignored::Pattern(IgnoreReason::Country) => 5,
         }
     }
 }
@@ -190,7 +192,7 @@ pub struct StreamCounters {
 #[derive(Debug, Default)]
 struct FilterCounters {
     matches: AtomicU64,
-    ignored: [AtomicU64; 5],
+    ignored: [AtomicU64; IGNORED_REASONS.len()],
     triggers: AtomicU64,
 }
 
@@ -260,6 +262,56 @@ pub struct Metrics {
     store_commit: Histogram,
     labelled: Option<Labelled>,
     started: Instant,
+    /// `geoip.label`: a `country` label on the per-address families and
+    /// on `rebuff_triggers_total`.
+    country: Option<CountryLabels>,
+    /// The `geoip` section, when `rebuff_tcp_connections` is served (both
+    /// `geoip` with `tcp_connections` and `metrics` are configured).
+    tcp: Option<crate::config::GeoipConfig>,
+}
+
+/// The label of a series whose address has no country.
+pub const UNKNOWN_COUNTRY: &str = "unknown";
+
+/// What the `country` label needs: the lookup, and per global filter
+/// index the value slot whose country it shows (the first ip value;
+/// `None` for a filter without one, or capturing a pattern named
+/// `country`, whose label it would clash with).
+#[derive(Debug)]
+struct CountryLabels {
+    lookup: std::sync::Arc<dyn rebuff_engine::CountryLookup>,
+    slots: Vec<Option<usize>>,
+    /// Triggers by (global filter index, country label); at most
+    /// 26 * 26 + 1 countries per filter.
+    triggers: Mutex<std::collections::BTreeMap<(usize, String), u64>>,
+}
+
+/// The last label of `series` when the filter has a country label (it is
+/// always appended last), and the pattern labels before it.
+fn split_country(series: &Series, has_country: bool) -> (&[Option<Box<str>>], Option<&str>) {
+    match series.labels.split_last() {
+        Some((country, rest)) if has_country => (rest, country.as_deref()),
+        _ => (&series.labels, None),
+    }
+}
+
+/// Label values of one count in slot order, with the country last.
+fn with_country<'a>(
+    extra: bool,
+    raw: bool,
+    values: &'a [String],
+    rendered: &'a [Option<String>],
+    country: &'a str,
+) -> Vec<Option<&'a str>> {
+    let mut labels: Vec<Option<&str>> = if !extra {
+        Vec::new()
+    } else if raw {
+        values.iter().map(|v| Some(v.as_str())).collect()
+    } else {
+        rendered.iter().map(|l| l.as_deref()).collect()
+    };
+    labels.push(Some(country));
+    labels
 }
 
 /// What the tracker knows that metrics serve: pending actions now.
@@ -274,6 +326,9 @@ pub struct PendingSnapshot {
     pub keys: Vec<PendingKey>,
     /// The counters these indices refer to (a reload replaces them).
     pub metrics: Option<std::sync::Arc<Metrics>>,
+    /// `rebuff_tcp_connections`, filled by the scrape (not the tracker)
+    /// when `geoip` and `metrics` are both configured.
+    pub tcp: Option<crate::events::TcpSnapshot>,
 }
 
 #[derive(Debug)]
@@ -301,7 +356,66 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new(config: &Config) -> Self {
-        Metrics::build(&config.streams, config.metrics.as_ref())
+        let mut metrics = Metrics::build(&config.streams, config.metrics.as_ref());
+        if let Some(geoip) = config.geoip.as_ref().filter(|g| g.label) {
+            let slots = config
+                .streams
+                .iter()
+                .flat_map(|s| &s.filters)
+                .map(|f| {
+                    if f.pattern_names.iter().any(|n| n == "country") {
+                        return None;
+                    }
+                    f.pattern_names.iter().position(|name| {
+                        config
+                            .patterns
+                            .get(name)
+                            .is_some_and(|(_, p)| p.kind().is_ip())
+                    })
+                })
+                .collect();
+            metrics.country = Some(CountryLabels {
+                lookup: std::sync::Arc::new(geoip.geo.clone()),
+                slots,
+                triggers: Mutex::new(std::collections::BTreeMap::new()),
+            });
+        }
+        if config.metrics.is_some() {
+            metrics.tcp = config.geoip.clone().filter(|g| g.tcp.is_some());
+        }
+        metrics
+    }
+
+    /// The `geoip` section a scrape counts `rebuff_tcp_connections` with,
+    /// when the gauge is served.
+    pub fn tcp_connections(&self) -> Option<&crate::config::GeoipConfig> {
+        self.tcp.as_ref()
+    }
+
+    /// The `country` label of a count of filter `fid` with `values`:
+    /// `None` when the filter has none.
+    fn country_label(&self, fid: usize, values: &[String]) -> Option<String> {
+        let labels = self.country.as_ref()?;
+        let slot = (*labels.slots.get(fid)?)?;
+        let code = values
+            .get(slot)
+            .and_then(|v| labels.lookup.country_of_value(v));
+        Some(code.map_or_else(|| UNKNOWN_COUNTRY.to_owned(), |c| c.to_string()))
+    }
+
+    /// A trigger of filter `fid` on `values` (the country label needs them).
+    pub fn trigger_values(&self, filter_id: usize, values: &[String]) {
+        self.trigger(filter_id);
+        if let Some(labels) = &self.country
+            && let Some(country) = self.country_label(filter_id, values)
+        {
+            *labels
+                .triggers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry((filter_id, country))
+                .or_default() += 1;
+        }
     }
 
     fn build(streams: &[crate::config::Stream], metrics: Option<&MetricsConfig>) -> Self {
@@ -367,6 +481,8 @@ impl Metrics {
             store_commit: Histogram::new(COMMIT_BUCKETS),
             labelled,
             started: Instant::now(),
+            country: None,
+            tcp: None,
         }
     }
 
@@ -459,8 +575,12 @@ impl Metrics {
             if !raw {
                 labelled.rules.render(fid, &m.values, &mut rendered);
             }
+            let country = self.country_label(fid, &m.values);
             let add = |table: &mut series::Locked<'_>, extra: bool| {
-                if !extra {
+                if let Some(country) = &country {
+                    let labels = with_country(extra, raw, &m.values, &rendered, country);
+                    table.add(owner, labels.iter().copied(), 1, now);
+                } else if !extra {
                     table.add(owner, series::no_labels(), 1, now);
                 } else if raw {
                     table.add(owner, series::raw(&m.values), 1, now);
@@ -508,7 +628,18 @@ impl Metrics {
         let owner = done.action_id as u32;
         let fid = self.action_info[done.action_id].filter;
         let now = self.now_secs();
-        if !family.has_patterns() {
+        if let Some(country) = self.country_label(fid, done.values) {
+            let raw = labelled.rules.is_raw(fid);
+            let mut rendered = Vec::new();
+            if family.has_patterns() && !raw {
+                labelled.rules.render(fid, done.values, &mut rendered);
+            }
+            let labels = with_country(family.has_patterns(), raw, done.values, &rendered, &country);
+            labelled
+                .actions
+                .lock()
+                .add(owner, labels.iter().copied(), 1, now);
+        } else if !family.has_patterns() {
             labelled
                 .actions
                 .lock()
@@ -620,8 +751,53 @@ impl Metrics {
         [stream, filter, ("action", info.name.as_str())]
     }
 
+    /// `rebuff_tcp_connections` and how its counting went.
+    fn render_tcp(e: &mut Encoder, tcp: &crate::events::TcpSnapshot) {
+        e.family(
+            "rebuff_tcp_connections",
+            Kind::Gauge,
+            "Established TCP connections by the remote address's country (unknown: none), at scrape time.",
+        );
+        for (country, state, n) in &tcp.rows {
+            if tcp.state_label {
+                e.sample(
+                    "rebuff_tcp_connections",
+                    &[("country", country), ("state", state)],
+                    *n,
+                );
+            } else {
+                e.sample("rebuff_tcp_connections", &[("country", country)], *n);
+            }
+        }
+        e.family(
+            "rebuff_tcp_connections_scanned",
+            Kind::Gauge,
+            "Sockets looked at by the last scrape's count of TCP connections.",
+        );
+        e.sample("rebuff_tcp_connections_scanned", &[], tcp.scanned);
+        e.family(
+            "rebuff_tcp_connections_truncated",
+            Kind::Gauge,
+            "1 when the last count stopped at geoip.tcp_connections.max_sockets.",
+        );
+        e.sample(
+            "rebuff_tcp_connections_truncated",
+            &[],
+            u64::from(tcp.truncated),
+        );
+        e.family(
+            "rebuff_tcp_connections_failed",
+            Kind::Gauge,
+            "1 when the last count could not read the kernel's socket tables or the host's addresses.",
+        );
+        e.sample("rebuff_tcp_connections_failed", &[], u64::from(tcp.failed));
+    }
+
     fn render_native(&self, e: &mut Encoder, pending: &PendingSnapshot, exec: &ExecStats) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        if let Some(tcp) = &pending.tcp {
+            Self::render_tcp(e, tcp);
+        }
         e.family("rebuff_build_info", Kind::Info, "rebuff's version.");
         e.sample("rebuff_build_info", &[("version", VERSION)], 1);
 
@@ -687,7 +863,29 @@ impl Metrics {
             Kind::Counter,
             "Filters triggering on a value (retry reached).",
         );
+        let by_country = self
+            .country
+            .as_ref()
+            .map(|c| c.triggers.lock().unwrap_or_else(|e| e.into_inner()).clone());
         for (fid, f) in self.filters.iter().enumerate() {
+            let has_country = self
+                .country
+                .as_ref()
+                .is_some_and(|c| c.slots.get(fid).copied().flatten().is_some());
+            if let (true, Some(counts)) = (has_country, &by_country) {
+                // One series per country instead of the filter's total.
+                let [stream, filter] = self.filter_labels(fid);
+                for ((_, country), n) in
+                    counts.range((fid, String::new())..(fid + 1, String::new()))
+                {
+                    e.sample(
+                        "rebuff_triggers_total",
+                        &[stream, filter, ("country", country)],
+                        *n,
+                    );
+                }
+                continue;
+            }
             e.sample(
                 "rebuff_triggers_total",
                 &self.filter_labels(fid),
@@ -865,10 +1063,16 @@ impl Metrics {
         series: &'a Series,
     ) -> impl Iterator<Item = (&'a str, &'a str)> {
         let names = &self.filter_info[fid].pattern_names;
+        let has_country = self
+            .country
+            .as_ref()
+            .is_some_and(|c| c.slots.get(fid).copied().flatten().is_some());
+        let (values, country) = split_country(series, has_country);
         names
             .iter()
-            .zip(&*series.labels)
+            .zip(values)
             .filter_map(|(name, value)| Some((name.as_str(), value.as_deref()?)))
+            .chain(country.map(|c| ("country", c)))
     }
 
     fn render_exporter(&self, e: &mut Encoder, labelled: &Labelled, pending: &PendingSnapshot) {
@@ -934,9 +1138,15 @@ impl Metrics {
                             .rules
                             .render(key.filter, &key.values, &mut rendered);
                     }
+                    let country = self.country_label(key.filter, &key.values);
                     for action in names {
                         let owner = self.action_id(key.filter, action) as u32;
-                        if !export.pending.has_patterns() {
+                        if let Some(country) = &country {
+                            let extra = export.pending.has_patterns();
+                            let raw = labelled.rules.is_raw(key.filter);
+                            let labels = with_country(extra, raw, &key.values, &rendered, country);
+                            locked.add(owner, labels.iter().copied(), count, now);
+                        } else if !export.pending.has_patterns() {
                             locked.add(owner, series::no_labels(), count, now);
                         } else if labelled.rules.is_raw(key.filter) {
                             locked.add(owner, series::raw(&key.values), count, now);
@@ -1324,6 +1534,7 @@ streams:
                 actions: vec![1],
             }],
             metrics: None,
+            tcp: None,
         };
         let body = m.render(Format::Prometheus, &pending, &ExecStats::default());
         let text = String::from_utf8(body).expect("utf-8");

@@ -95,6 +95,9 @@ struct Totals {
 
 struct StreamRun<'c> {
     stream: &'c Stream,
+    /// Per filter, the value slot whose country a trigger reports (its
+    /// first ip-typed value), when `geoip` is configured.
+    country_slots: Vec<Option<usize>>,
     scratch: MatchScratch,
     deciders: Vec<FilterDecider>,
     stats: Vec<FilterStats>,
@@ -137,6 +140,16 @@ pub fn run(config: &Config, options: &ReplayOptions, out: &mut dyn Write) -> any
             .into_iter()
             .map(|stream| StreamRun {
                 scratch: stream.matcher.scratch(),
+                country_slots: stream
+                    .filters
+                    .iter()
+                    .map(|f| {
+                        config
+                            .geoip
+                            .as_ref()
+                            .and_then(|_| crate::geo::country_slot(&config.patterns, f))
+                    })
+                    .collect(),
                 deciders: stream
                     .filters
                     .iter()
@@ -157,6 +170,8 @@ pub fn run(config: &Config, options: &ReplayOptions, out: &mut dyn Write) -> any
         totals: Totals::default(),
         offenders: HashMap::default(),
         untracked_offenders: 0,
+        geo: config.geoip.as_ref().map(|g| g.geo.clone()),
+        countries: BTreeMap::new(),
         format: options.format,
         first_trigger: true,
         key: String::new(),
@@ -215,6 +230,10 @@ struct Replay<'c> {
     /// Keyed by "stream.filter\0values".
     offenders: HashMap<String, Offender, RandomState>,
     untracked_offenders: u64,
+    /// The `geoip` database, when configured.
+    geo: Option<crate::geo::Geo>,
+    /// Triggers by country (`unknown` for none); at most 26 * 26 + 1 keys.
+    countries: BTreeMap<String, u64>,
     format: OutputFormat,
     first_trigger: bool,
     /// Reused buffer for offender keys.
@@ -545,6 +564,25 @@ impl<'c> Replay<'c> {
     ) -> anyhow::Result<()> {
         let stream = self.runs[run_index].stream;
         let filter = &stream.filters[filter_index];
+        // The country of the trigger's address: `Some("")` when unknown,
+        // `None` when there is no database or no address.
+        let country = match (&self.geo, self.runs[run_index].country_slots[filter_index]) {
+            (Some(geo), Some(slot)) => {
+                let code = trigger
+                    .values
+                    .get(slot)
+                    .map(|v| crate::geo::country_text(geo, v))
+                    .unwrap_or_default();
+                let key = if code.is_empty() {
+                    crate::geo::tcp::UNKNOWN
+                } else {
+                    code.as_str()
+                };
+                *self.countries.entry(key.to_owned()).or_default() += 1;
+                Some(code)
+            }
+            _ => None,
+        };
         match self.format {
             OutputFormat::Json => {
                 let record = TriggerRecord {
@@ -552,6 +590,7 @@ impl<'c> Replay<'c> {
                     stream: &stream.name,
                     filter: &filter.name,
                     kind: kind_name(trigger.kind),
+                    country: country.as_deref(),
                     values: filter
                         .pattern_names
                         .iter()
@@ -584,6 +623,9 @@ impl<'c> Replay<'c> {
                     trigger.values.join(" "),
                     kind_name(trigger.kind)
                 )?;
+                if let Some(country) = &country {
+                    write!(out, " [{}]", if country.is_empty() { "-" } else { country })?;
+                }
                 let mut sep = " ->";
                 for s in &trigger.actions {
                     let action = &filter.actions[s.action];
@@ -715,6 +757,12 @@ impl<'c> Replay<'c> {
             "filters": filters,
             "top_offenders": top,
             "untracked_offenders": self.untracked_offenders,
+            "top_countries": self.geo.as_ref().map(|_| {
+                self.top_countries(20)
+                    .into_iter()
+                    .map(|(country, triggers)| json!({"country": country, "triggers": triggers}))
+                    .collect::<Vec<_>>()
+            }),
         })
     }
 
@@ -821,7 +869,27 @@ impl<'c> Replay<'c> {
                 self.untracked_offenders
             )?;
         }
+        let countries = self.top_countries(10);
+        if !countries.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "{:<8} {:>9}", "country", "triggers")?;
+            for (country, triggers) in countries {
+                writeln!(out, "{country:<8} {triggers:>9}")?;
+            }
+        }
         Ok(())
+    }
+
+    /// Countries by triggers, most first (ties by code).
+    fn top_countries(&self, limit: usize) -> Vec<(&str, u64)> {
+        let mut all: Vec<(&str, u64)> = self
+            .countries
+            .iter()
+            .map(|(c, n)| (c.as_str(), *n))
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        all.truncate(limit);
+        all
     }
 }
 
@@ -832,6 +900,10 @@ struct TriggerRecord<'a> {
     stream: &'a str,
     filter: &'a str,
     kind: &'static str,
+    /// The ISO code of the address's country, empty when unknown; absent
+    /// without `geoip` or without an ip value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<&'a str>,
     values: BTreeMap<&'a str, &'a str>,
     actions: Vec<ActionRecord<'a>>,
 }

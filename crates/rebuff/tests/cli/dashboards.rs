@@ -43,6 +43,10 @@ const FAMILIES: &[(&str, &str)] = &[
     ("rebuff_metric_series", "gauge"),
     ("rebuff_metric_series_dropped_total", "counter"),
     ("rebuff_pattern_matches_total", "counter"),
+    ("rebuff_tcp_connections", "gauge"),
+    ("rebuff_tcp_connections_scanned", "gauge"),
+    ("rebuff_tcp_connections_truncated", "gauge"),
+    ("rebuff_tcp_connections_failed", "gauge"),
     ("process_cpu_seconds_total", "counter"),
     ("process_resident_memory_bytes", "gauge"),
     ("process_virtual_memory_bytes", "gauge"),
@@ -771,6 +775,20 @@ fn exposition(machine: Machine, n: u64) -> String {
 
     t.family("rebuff_build_info", "gauge");
     t.sample("rebuff_build_info", &[("version", "0.1.0")], 1);
+    // GeoIP: connections by remote country, with the bucket of addresses
+    // without one.
+    t.family("rebuff_tcp_connections", "gauge");
+    for (country, k) in [("FR", 3), ("DE", 2), ("US", 5), ("unknown", 1)] {
+        t.sample("rebuff_tcp_connections", &[("country", country)], k + n % 3);
+    }
+    for (family, value) in [
+        ("rebuff_tcp_connections_scanned", 12 + n % 3),
+        ("rebuff_tcp_connections_truncated", 0),
+        ("rebuff_tcp_connections_failed", 0),
+    ] {
+        t.family(family, "gauge");
+        t.sample(family, &[], value);
+    }
     t.family("rebuff_lines_total", "counter");
     t.family("rebuff_bad_lines_total", "counter");
     t.family("rebuff_stream_events_total", "counter");
@@ -815,6 +833,12 @@ fn exposition(machine: Machine, n: u64) -> String {
             let sf = [("stream", stream), ("filter", filter)];
             match family {
                 "rebuff_matches_total" => t.sample(family, &sf, 5 * n),
+                // With `geoip.label`, one series per country instead of
+                // the filter's total (the web filter shows it).
+                "rebuff_triggers_total" if filter == "bots" => {
+                    t.sample(family, &[sf[0], sf[1], ("country", "FR")], n - n / 2);
+                    t.sample(family, &[sf[0], sf[1], ("country", "US")], n / 2);
+                }
                 "rebuff_triggers_total" => t.sample(family, &sf, n),
                 "rebuff_jailed" => t.sample(family, &sf, ips.len()),
                 "rebuff_ignored_total" => {

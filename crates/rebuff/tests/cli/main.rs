@@ -27,7 +27,11 @@ mod demo;
 mod exporter;
 mod exporter_compat;
 mod firewall;
+mod geoip;
+mod geoip_netns;
 mod metrics;
+#[path = "../support/mmdb_writer.rs"]
+mod mmdb_writer;
 mod ordering;
 mod reload;
 mod replay;
