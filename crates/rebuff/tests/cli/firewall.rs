@@ -353,6 +353,55 @@ fn warm_and_cold_restarts_restore_every_pending_ban() {
     assert!(!out.contains("ERROR"), "{out}");
 }
 
+/// SIGKILL in the middle of a flood of bans: after a cold restart on an
+/// empty log, every address that was in the kernel set before the kill is
+/// in it again, restored from the state alone (a trigger is on disk before
+/// its ban reaches the writer).
+#[test]
+fn sigkill_during_a_flood_loses_no_ban_of_the_kernel_set() {
+    let Some(ns) = Netns::new("sigkill_during_a_flood_loses_no_ban", &[]) else {
+        return;
+    };
+    let site = Site::new();
+    nft_jail(&site, "1h", "null");
+    let daemon = site.start_with(&ns.wrapper());
+    // Large enough that the kill lands in the middle of it.
+    let lines: Vec<String> = (1..=20_000).map(|i| failed_login(&v4(i))).collect();
+    site.log_lines(&lines);
+    wait_until("some bans in the kernel", || {
+        ns.nft_set("bansv4").len() >= 100
+    });
+    daemon.kill();
+    let before: Vec<String> = ns.nft_set("bansv4").into_iter().map(|(e, _)| e).collect();
+
+    // A cold restart (a fresh namespace) on an empty log: only the state
+    // can bring the bans back.
+    std::fs::write(site.path("input.log"), "").expect("empty the log");
+    let Some(fresh) = Netns::new("sigkill_during_a_flood_loses_no_ban", &[]) else {
+        return;
+    };
+    let daemon = site.start_with(&fresh.wrapper());
+    let missing = |wanted: &[String]| -> Vec<String> {
+        let now = fresh.nft_set("bansv4");
+        wanted
+            .iter()
+            .filter(|ip| !now.iter().any(|(e, _)| e == *ip))
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !missing(&before).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let lost = missing(&before);
+    assert!(
+        lost.is_empty(),
+        "in the kernel before the kill, not after the restart: {lost:?}\n{}",
+        daemon.output()
+    );
+    daemon.stop();
+}
+
 #[test]
 fn reconcile_repairs_a_deleted_element_a_flushed_ruleset_and_a_stale_one() {
     let Some(ns) = Netns::new("reconcile_repairs", &[]) else {
