@@ -323,15 +323,7 @@ impl Running {
 
     /// The `reaction_*` samples seen, without the warm-up stream's.
     fn exporter_families(&self) -> BTreeMap<String, f64> {
-        self.seen
-            .iter()
-            .filter(|(k, _)| {
-                k.starts_with("reaction_")
-                    && !k.contains("stream=\"warmup\"")
-                    && !k.contains("stream=\"sentinel\"")
-            })
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+        exporter_only(&self.seen)
     }
 
     fn stop(mut self) {
@@ -397,6 +389,19 @@ fn warm_up(running: &mut Running, write: &dyn Fn()) {
 
 const WARMUP: &str = r#"INFO warmup: start ["true"]"#;
 const SENTINEL: &str = r#"INFO sentinel: start ["true"]"#;
+
+/// The `reaction_*` samples of `seen`, without the warm-up and sentinel
+/// streams'.
+fn exporter_only(seen: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    seen.iter()
+        .filter(|(k, _)| {
+            k.starts_with("reaction_")
+                && !k.contains("stream=\"warmup\"")
+                && !k.contains("stream=\"sentinel\"")
+        })
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
 
 fn saw_sentinel(seen: &BTreeMap<String, f64>) -> bool {
     seen.keys().any(|k| k.contains("stream=\"sentinel\""))
@@ -635,6 +640,11 @@ fn exporter_journal_source_reads_the_units_entries_and_resumes_after_its_cursor(
     entries.push(("reaction.service", SENTINEL.as_bytes(), 6));
     journal_write(&remote, &journal, &entries);
     rebuff.scrape_until("the sentinel entry", saw_sentinel);
+    // journalctl --follow may hand over entries of one write in more than
+    // one read; the counts add up across scrapes, so wait for all of them
+    // (a lost entry still fails, at the deadline).
+    let wanted = expected();
+    rebuff.scrape_until("every entry counted", |seen| exporter_only(seen) == wanted);
     assert_eq!(
         rebuff.exporter_families(),
         expected(),
