@@ -721,39 +721,27 @@ impl Writer {
                 backend.name(),
                 requests.len() - missing
             );
-            let mut done = 0;
-            while done < requests.len() {
-                let take = (requests.len() - done).min(MAX_BATCH);
-                let chunk: Vec<SetRequest> = requests[done..done + take]
-                    .iter()
-                    .map(|r| SetRequest {
-                        backend: r.backend,
-                        set: Arc::clone(&r.set),
-                        element: r.element,
-                        op: r.op,
-                        timeout_ms: r.timeout_ms,
-                        hold_ms: r.hold_ms,
-                        refresh_slack_ms: None,
-                        done: None,
-                    })
-                    .collect();
+            let mut requests = requests.into_iter();
+            loop {
+                let chunk: Vec<SetRequest> = requests.by_ref().take(MAX_BATCH).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let ops: Vec<SetOp> = chunk.iter().map(|r| r.op).collect();
                 let failures = self.apply(chunk, Instant::now()).await;
-                for (request, failure) in requests[done..done + take].iter().zip(failures) {
-                    if failure.is_some() {
-                        continue;
-                    }
-                    match request.op {
-                        SetOp::Add => {
+                for (op, failure) in ops.into_iter().zip(failures) {
+                    match (op, failure) {
+                        (_, Some(_)) => {}
+                        (SetOp::Add, None) => {
                             repairs.readded += 1;
                             stats.readded.fetch_add(1, Ordering::Relaxed);
                         }
-                        SetOp::Delete => {
+                        (SetOp::Delete, None) => {
                             repairs.removed += 1;
                             stats.removed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
-                done += take;
             }
         }
         repairs
